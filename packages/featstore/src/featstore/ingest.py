@@ -1,0 +1,335 @@
+"""Ingest orchestration: one bounded-memory Dask task per shard, resume, progress, summary.
+
+Each task streams one shard and writes one shard group, so tasks never contend. The client
+rebuilds the consolidated index whenever a shard completes. Re-running the same command skips
+completed shards and redoes unfinished ones from scratch, so a run killed at any moment ends,
+after a re-run, with the same content as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from featstore import __version__
+from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, normalize, quantize
+from featstore.errors import FeatstoreError
+from featstore.layout import (
+    IngestSettings,
+    ShardWriter,
+    consolidate_index,
+    create_store,
+    is_complete,
+    open_root,
+    record_sources,
+    remove_store,
+    shard_summary,
+)
+from featstore.shards import UnreadableShard, iter_members
+from featstore.sources import (
+    Corpus,
+    ShardSource,
+    discover,
+    iter_manifest_lines,
+    member_key,
+    record_shard,
+    records_for_shard,
+    select_shards,
+)
+
+PROGRESS_TOPIC = "featstore-progress"
+# A clip decoded this much shorter than its manifest duration was cut off (webm often decodes
+# a truncated file without any error).
+TRUNCATION_TOLERANCE = 0.1
+
+ProgressFn = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class ManifestScan:
+    """What one pass over the manifests tells before any audio is read."""
+
+    clips_per_shard: Counter[int]
+    seconds_per_shard: Counter[int]
+    rejects: list[dict[str, Any]]
+
+
+@dataclass
+class IngestSummary:
+    store: Path
+    shards_done: list[str] = field(default_factory=list)
+    shards_skipped: list[str] = field(default_factory=list)
+    shards_failed: dict[str, str] = field(default_factory=dict)
+    clips: int = 0
+    seconds: float = 0.0
+    rejects: Counter[str] = field(default_factory=Counter)
+    bytes_written: int = 0
+    raw_bytes: int = 0
+    wall_seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        ratio = self.raw_bytes / self.bytes_written if self.bytes_written else 0.0
+        rejects = ", ".join(f"{reason} {count}" for reason, count in sorted(self.rejects.items())) or "none"
+        lines = [
+            f"store        {self.store}",
+            f"shards       {len(self.shards_done)} ingested, {len(self.shards_skipped)} already complete, {len(self.shards_failed)} failed",
+            f"clips        {self.clips} ({self.seconds / 3600:.2f} h of audio)",
+            f"rejects      {rejects}",
+            f"written      {self.bytes_written / 1e6:.1f} MB (compression {ratio:.2f}x against float32)",
+            f"wall time    {self.wall_seconds:.1f} s",
+        ]
+        lines += [f"FAILED       {shard}: {reason}" for shard, reason in self.shards_failed.items()]
+        return lines
+
+
+def ingest_shard(
+    store: str, shard: ShardSource, manifests: tuple[Path, ...], settings: IngestSettings, report: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Stream one shard into its own group of the store; return the shard's summary.
+
+    Memory: the shard's manifest records, one clip, and the writer's chunk buffers.
+    """
+    root, _ = open_root(Path(store), mode="r+")
+    records = records_for_shard(manifests, shard.shard_id)
+    writer = ShardWriter(root, shard.name, shard.describe())
+    report = report or _report_to_dask
+    pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
+    for member in iter_members(shard.path, settings.max_member_bytes):
+        entry = records.pop(member_key(member.name), None)
+        seconds = _store_member(writer, member.name, member.data, entry[1] if entry else None, settings)
+        pending_clips, pending_seconds = pending_clips + 1, pending_seconds + seconds
+        if time.monotonic() - last_report > 0.5:
+            report(pending_clips, pending_seconds)
+            pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
+    for source, record in records.values():
+        writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.path.name}")
+    report(pending_clips + len(records), pending_seconds)
+    return writer.finish()
+
+
+def _store_member(
+    writer: ShardWriter, name: str, data: bytes | None, record: dict[str, Any] | None, settings: IngestSettings
+) -> float:
+    """Decode and add one clip, or reject it with its reason; returns the seconds stored."""
+    if record is None:
+        writer.reject(name, "no_record", "tar member listed in no manifest")
+        return 0.0
+    if data is None:
+        writer.reject(name, "member_too_large", f"larger than --max-member-bytes {settings.max_member_bytes}")
+        return 0.0
+    text = record.get("text")
+    if not settings.keep_empty_text and (not isinstance(text, str) or not text.strip()):
+        writer.reject(name, "empty_text", "text is null" if text is None else "text is empty")
+        return 0.0
+    try:
+        audio = decode_clip(data)
+    except DecodeError as error:
+        writer.reject(name, "undecodable", str(error))
+        return 0.0
+    seconds = audio.size / SAMPLE_RATE
+    expected = record.get("duration")
+    if isinstance(expected, (int, float)) and seconds < expected * (1 - TRUNCATION_TOLERANCE) - 0.05:
+        writer.reject(name, "truncated", f"decoded {seconds:.2f} s, manifest says {expected:.2f} s")
+        return 0.0
+    if seconds < settings.min_duration:
+        writer.reject(name, "too_short", f"{seconds:.2f} s < --min-duration {settings.min_duration}")
+        return 0.0
+    if seconds > settings.max_duration:
+        writer.reject(name, "too_long", f"{seconds:.2f} s > --max-duration {settings.max_duration}")
+        return 0.0
+    fields = {key: value for key, value in record.items() if key != "text"}
+    writer.add(quantize(normalize(audio)), text if isinstance(text, str) else "", fields)
+    return seconds
+
+
+def _report_to_dask(clips: int, seconds: float) -> None:
+    """Send progress to the client through the scheduler's event log (a no-op outside Dask)."""
+    from distributed import get_worker
+
+    with contextlib.suppress(ValueError):
+        get_worker().log_event(PROGRESS_TOPIC, {"clips": clips, "seconds": seconds})
+
+
+def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> ManifestScan:
+    """Count clips per shard and find manifest-level rejects, one line at a time."""
+    known = {s.shard_id for s in corpus.shards}
+    chosen = {s.shard_id for s in selected}
+    clips: Counter[int] = Counter()
+    seconds: Counter[int] = Counter()
+    rejects: list[dict[str, Any]] = []
+    seen: set[tuple[int, str]] = set()
+    for line in iter_manifest_lines(corpus.manifests):
+        if line.record is None:
+            rejects.append({"shard": None, "audio_filepath": "", "reason": "bad_manifest_line", "detail": f"{line.source}: {line.error}"})
+            continue
+        shard_id = record_shard(line.record, line.source)
+        path = line.record["audio_filepath"]
+        if shard_id not in known:
+            rejects.append({"shard": None, "audio_filepath": path, "reason": "missing_audio", "detail": f"{line.source}: shard {shard_id} not in the input"})
+            continue
+        if shard_id not in chosen:
+            continue
+        key = (shard_id, member_key(path))
+        if key in seen:
+            rejects.append({"shard": None, "audio_filepath": path, "reason": "duplicate_record", "detail": f"{line.source}: listed twice"})
+            continue
+        seen.add(key)
+        clips[shard_id] += 1
+        duration = line.record.get("duration")
+        seconds[shard_id] += float(duration) if isinstance(duration, (int, float)) else 0.0
+    return ManifestScan(clips, seconds, rejects)
+
+
+def prepare_store(out: Path, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool) -> None:
+    """Create the store, or check that an existing one may take these shards."""
+    if out.exists() and overwrite:
+        remove_store(out)
+    if not out.exists():
+        create_store(out, settings, __version__)
+    root, info = open_root(out, mode="r+")
+    if info.settings != settings:
+        raise FeatstoreError(
+            f"{out} was ingested with other settings ({_settings_diff(info.settings, settings)}); "
+            "use the same options, or --overwrite to start again"
+        )
+    sources = {s.name: s.describe() for s in selected}
+    conflicts = [name for name, source in sources.items() if name in info.sources and info.sources[name]["size"] != source["size"]]
+    if conflicts:
+        raise FeatstoreError(f"{out}: shard {conflicts[0]} in the store came from a different file; use --overwrite to start again")
+    new = [name for name in sources if name not in info.sources]
+    if info.sources and new and not append:
+        raise FeatstoreError(
+            f"{out} already holds a store made from other sources ({len(info.sources)} shards); "
+            "use --append to add these shards or --overwrite to replace it"
+        )
+    record_sources(root, sources)
+
+
+def _settings_diff(old: IngestSettings, new: IngestSettings) -> str:
+    changed = [key for key, value in new.to_json().items() if old.to_json().get(key) != value]
+    return ", ".join(f"{key}: {old.to_json()[key]!r} -> {new.to_json()[key]!r}" for key in changed)
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, memory_limit: str, scheduler: str | None, dashboard_address: str) -> Iterator[Any]:
+    """A client on an existing scheduler, or on a LocalCluster of single-threaded workers."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        memory_limit=memory_limit,
+        dashboard_address=dashboard_address,
+        processes=True,
+    ) as cluster, Client(cluster) as client:
+        yield client
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def ingest(
+    input_dir: Path,
+    out: Path,
+    *,
+    settings: IngestSettings = IngestSettings(),
+    shard_selection: set[int] | None = None,
+    max_shards: int | None = None,
+    workers: int | None = None,
+    memory_limit: str = "2GiB",
+    scheduler: str | None = None,
+    dashboard_address: str = "127.0.0.1:8787",
+    append: bool = False,
+    overwrite: bool = False,
+    echo: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Ingest the shards of `input_dir` into the store at `out` (see the module docstring)."""
+    started = time.perf_counter()
+    out = Path(out)
+    corpus = discover(Path(input_dir))
+    selected = select_shards(corpus, shard_selection, max_shards)
+    scan = scan_manifests(corpus, selected)
+    prepare_store(out, selected, settings, append, overwrite)
+    root, _ = open_root(out, mode="r+")
+    todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
+    summary = IngestSummary(store=out, shards_skipped=[s.name for s in selected if s not in todo])
+    if todo:
+        _run_tasks(todo, corpus, settings, scan, out, summary, workers or default_workers(), memory_limit, scheduler, dashboard_address, echo, show_progress)
+    index = consolidate_index(root, scan.rejects)
+    _fill_totals(summary, index, out)
+    summary.wall_seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_tasks(
+    todo: list[ShardSource],
+    corpus: Corpus,
+    settings: IngestSettings,
+    scan: ManifestScan,
+    out: Path,
+    summary: IngestSummary,
+    workers: int,
+    memory_limit: str,
+    scheduler: str | None,
+    dashboard_address: str,
+    echo: Callable[[str], None],
+    show_progress: bool,
+) -> None:
+    from distributed import as_completed
+
+    total_clips = sum(scan.clips_per_shard[s.shard_id] for s in todo)
+    total_hours = sum(scan.seconds_per_shard[s.shard_id] for s in todo) / 3600
+    root, _ = open_root(out, mode="r+")
+    with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
+        echo(f"Dask dashboard: {client.dashboard_link}")
+        bar = tqdm(total=total_clips, unit="clip", disable=not show_progress, desc=f"ingest ({total_hours:.2f} h)")
+        hours = [0.0]
+
+        def on_progress(event: tuple[float, dict[str, Any]]) -> None:
+            hours[0] += event[1]["seconds"] / 3600
+            bar.set_postfix_str(f"{hours[0]:.2f}/{total_hours:.2f} h", refresh=False)
+            bar.update(event[1]["clips"])
+
+        client.subscribe_topic(PROGRESS_TOPIC, on_progress)
+        futures = {
+            client.submit(ingest_shard, str(out.resolve()), shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"): shard
+            for shard in todo
+        }
+        for future in as_completed(futures):
+            shard = futures[future]
+            try:
+                future.result()
+            except UnreadableShard as error:
+                summary.shards_failed[shard.name] = str(error)
+                continue
+            except Exception as error:  # a failed task must not take the other shards down with it
+                summary.shards_failed[shard.name] = f"{type(error).__name__}: {error}"
+                continue
+            summary.shards_done.append(shard.name)
+            consolidate_index(root, scan.rejects)
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+        bar.close()
+
+
+def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Path) -> None:
+    lengths = np.asarray(index["length"], dtype=np.int64)
+    summary.clips = int(lengths.size)
+    summary.seconds = float(lengths.sum()) / SAMPLE_RATE
+    summary.rejects = Counter(reject["reason"] for reject in index["rejects"])
+    summary.raw_bytes = int(lengths.sum()) * 4
+    summary.bytes_written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

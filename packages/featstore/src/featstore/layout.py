@@ -1,0 +1,298 @@
+"""The store format (a public contract, documented in docs/FORMAT.md): what is where, and
+the writer that fills one shard group.
+
+    feats.zarr/                     root group, attrs["featstore"]: format, settings, sources
+      shards/<shard>/               one group per source shard, written by exactly one task
+        b00 ... bNN                 int16 audio of one duration bucket, 1-D, Blosc-compressed
+      index/                        attrs["featstore_index"]: consolidated index (completed shards)
+
+A shard group's attrs["featstore_shard"] says "writing" until the task is done; the task then
+replaces it, in one write, with the shard's index rows, rejects and checksum. The consolidated
+index is likewise one object, rewritten whole when a shard completes, so a reader sees a shard
+completely or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from featstore.audio import QuantizedClip, SAMPLE_RATE
+from featstore.errors import FeatstoreError
+
+FORMAT_NAME = "featstore"
+FORMAT_VERSION = 1
+ROOT_KEY = "featstore"
+SHARD_KEY = "featstore_shard"
+INDEX_KEY = "featstore_index"
+SHARDS_GROUP = "shards"
+INDEX_GROUP = "index"
+# 2**18 samples = 16.4 s: an utterance touches one or two chunks, and a chunk decodes in ~0.5 ms.
+CHUNK_SAMPLES = 2**18
+# Utterances are written to one array per duration bucket, so that a length-grouped batch reads
+# neighbouring samples and each chunk is decompressed about once per epoch.
+BUCKET_EDGES = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.0, 10.0, 12.0, 14.0, 17.0, 20.0, 25.0, 30.0)
+CODEC = {"name": "blosc", "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
+INDEX_COLUMNS = ("shard", "bucket", "offset", "length", "scale", "text", "fields")
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """Choices that shape a store's content; a store keeps one set for all its shards."""
+
+    min_duration: float = 0.5
+    max_duration: float = 30.0
+    keep_empty_text: bool = False
+    alphabet: str = "abcdefghijklmnopqrstuvwxyz' "
+    max_member_bytes: int = 64 * 2**20
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """The root attributes of a store, parsed once."""
+
+    format_version: int
+    sample_rate: int
+    chunk_samples: int
+    bucket_edges: tuple[float, ...]
+    settings: IngestSettings
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def bucket_of(seconds: float, edges: tuple[float, ...] = BUCKET_EDGES) -> int:
+    """Index of the duration bucket holding `seconds` (the last bucket is open-ended)."""
+    return max(0, int(np.searchsorted(edges, seconds, side="right")) - 1)
+
+
+def bucket_array_name(bucket: int) -> str:
+    return f"b{bucket:02d}"
+
+
+def chunk_file(store_path: Path, shard: str, bucket: int, chunk: int) -> Path:
+    """Where zarr keeps a chunk of a bucket array (v3 default chunk key encoding)."""
+    return store_path / SHARDS_GROUP / shard / bucket_array_name(bucket) / "c" / str(chunk)
+
+
+def root_attrs(settings: IngestSettings, package_version: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "dtype": "int16",
+        "normalization": "zero mean, unit variance per utterance (Wav2Vec2FeatureExtractor do_normalize=True, epsilon 1e-7); value = int16 * scale",
+        "codec": CODEC,
+        "chunk_samples": CHUNK_SAMPLES,
+        "bucket_edges": list(BUCKET_EDGES),
+        "settings": settings.to_json(),
+        "package_version": package_version,
+        "sources": {},
+    }
+
+
+def create_store(path: Path, settings: IngestSettings, package_version: str) -> None:
+    """Create an empty store atomically: built beside `path`, then renamed into place."""
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    root = zarr.open_group(str(partial), mode="w")
+    root.create_group(SHARDS_GROUP)
+    root.create_group(INDEX_GROUP).attrs[INDEX_KEY] = empty_index()
+    root.attrs[ROOT_KEY] = root_attrs(settings, package_version)
+    os.rename(partial, path)
+
+
+def open_root(path: Path, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
+    """Open a store's root group and check that it is a featstore store of our version."""
+    if not Path(path).exists():
+        raise FeatstoreError(f"{path}: no such store")
+    try:
+        root = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
+        meta = root.attrs.get(ROOT_KEY)
+    except (FileNotFoundError, ValueError, KeyError, TypeError, zarr.errors.NodeTypeValidationError) as error:
+        raise FeatstoreError(f"{path}: not a featstore store ({type(error).__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise FeatstoreError(f"{path}: not a featstore store (no '{ROOT_KEY}' attributes)")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise FeatstoreError(
+            f"{path}: store format version {meta.get('format_version')} is not supported by this "
+            f"featstore (format {FORMAT_VERSION}); re-ingest with --overwrite or use a matching featstore"
+        )
+    info = StoreInfo(
+        format_version=meta["format_version"],
+        sample_rate=meta["sample_rate"],
+        chunk_samples=meta["chunk_samples"],
+        bucket_edges=tuple(meta["bucket_edges"]),
+        settings=IngestSettings(**meta["settings"]),
+        sources=dict(meta.get("sources", {})),
+    )
+    return root, info
+
+
+def record_sources(root: zarr.Group, sources: dict[str, dict[str, Any]]) -> None:
+    meta = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
+    meta["sources"] = {**meta.get("sources", {}), **sources}
+    root.attrs[ROOT_KEY] = meta
+
+
+def empty_index() -> dict[str, Any]:
+    return {"shards": [], "checksums": {}, "rejects": [], **{column: [] for column in INDEX_COLUMNS}}
+
+
+class ShardWriter:
+    """Writes one shard group: audio appended per duration bucket, one chunk buffer per bucket.
+
+    Memory is bounded by the bucket buffers (at most len(BUCKET_EDGES) chunks of int16),
+    whatever the size of the shard.
+    """
+
+    def __init__(self, root: zarr.Group, shard: str, source: dict[str, Any]) -> None:
+        shards = root[SHARDS_GROUP]
+        assert isinstance(shards, zarr.Group)
+        if shard in shards:
+            del shards[shard]
+        self.group = shards.create_group(shard)
+        self.group.attrs[SHARD_KEY] = {"status": "writing", "source": source}
+        self.source = source
+        self.rows: list[dict[str, Any]] = []
+        self.rejects: list[dict[str, Any]] = []
+        self._buffers: dict[int, np.ndarray] = {}
+        self._filled: dict[int, int] = {}
+        self._written: dict[int, int] = {}
+        self._checksum = hashlib.sha256()
+
+    def add(self, clip: QuantizedClip, text: str, fields: dict[str, Any]) -> None:
+        """Append one normalized utterance and its index row."""
+        bucket = bucket_of(clip.samples.size / SAMPLE_RATE)
+        offset = self._written.get(bucket, 0) + self._filled.get(bucket, 0)
+        self._append_samples(bucket, clip.samples)
+        row = {"bucket": bucket, "offset": offset, "length": int(clip.samples.size), "scale": clip.scale,
+               "text": text, "fields": fields}
+        self._checksum.update(clip.samples.tobytes())
+        self._checksum.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        self.rows.append(row)
+
+    def reject(self, audio_filepath: str, reason: str, detail: str = "") -> None:
+        self.rejects.append({"audio_filepath": audio_filepath, "reason": reason, "detail": detail})
+
+    def finish(self) -> dict[str, Any]:
+        """Flush the partial chunks and mark the shard complete (one metadata write)."""
+        for bucket in sorted(self._buffers):
+            self._flush(bucket)
+        summary = {
+            "status": "complete",
+            "source": self.source,
+            "checksum": "sha256:" + self._checksum.hexdigest(),
+            "clips": len(self.rows),
+            "samples": int(sum(row["length"] for row in self.rows)),
+            "rows": {column: [row[column] for row in self.rows] for column in INDEX_COLUMNS if column != "shard"},
+            "rejects": self.rejects,
+        }
+        self.group.attrs[SHARD_KEY] = summary
+        return summary
+
+    def _append_samples(self, bucket: int, samples: np.ndarray) -> None:
+        buffer = self._buffers.get(bucket)
+        if buffer is None:
+            buffer = self._buffers[bucket] = np.empty(CHUNK_SAMPLES, dtype=np.int16)
+            self._filled[bucket] = 0
+        position = 0
+        while position < samples.size:
+            take = min(CHUNK_SAMPLES - self._filled[bucket], samples.size - position)
+            buffer[self._filled[bucket] : self._filled[bucket] + take] = samples[position : position + take]
+            self._filled[bucket] += take
+            position += take
+            if self._filled[bucket] == CHUNK_SAMPLES:
+                self._flush(bucket)
+
+    def _flush(self, bucket: int) -> None:
+        filled = self._filled.get(bucket, 0)
+        if not filled:
+            return
+        array = self._bucket_array(bucket)
+        start = self._written.get(bucket, 0)
+        array.resize((start + filled,))
+        array[start : start + filled] = self._buffers[bucket][:filled]
+        self._written[bucket] = start + filled
+        self._filled[bucket] = 0
+
+    def _bucket_array(self, bucket: int) -> zarr.Array:
+        name = bucket_array_name(bucket)
+        if name in self.group:
+            array = self.group[name]
+            assert isinstance(array, zarr.Array)
+            return array
+        return self.group.create_array(
+            name,
+            shape=(0,),
+            chunks=(CHUNK_SAMPLES,),
+            dtype="int16",
+            fill_value=0,
+            compressors=[BloscCodec(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=CODEC["shuffle"])],
+            config={"write_empty_chunks": True},
+        )
+
+
+def shard_summary(root: zarr.Group, shard: str) -> dict[str, Any] | None:
+    """The shard group's attributes, or None when the shard was never started."""
+    shards = root[SHARDS_GROUP]
+    assert isinstance(shards, zarr.Group)
+    if shard not in shards:
+        return None
+    summary = shards[shard].attrs.get(SHARD_KEY)
+    return dict(summary) if isinstance(summary, dict) else None
+
+
+def is_complete(summary: dict[str, Any] | None, source: dict[str, Any]) -> bool:
+    """A shard is done when its group says so and was made from the same source file."""
+    return bool(summary and summary.get("status") == "complete" and summary.get("source", {}).get("size") == source.get("size"))
+
+
+def consolidate_index(root: zarr.Group, global_rejects: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rebuild the consolidated index from every complete shard, in shard order, and write it whole."""
+    shards_group = root[SHARDS_GROUP]
+    assert isinstance(shards_group, zarr.Group)
+    index = empty_index()
+    index["rejects"] = list(global_rejects)
+    for shard in sorted(shards_group.group_keys(), key=natural_key):
+        summary = shard_summary(root, shard)
+        if not summary or summary.get("status") != "complete":
+            continue
+        code = len(index["shards"])
+        index["shards"].append(shard)
+        index["checksums"][shard] = summary["checksum"]
+        rows = summary["rows"]
+        index["shard"].extend([code] * summary["clips"])
+        for column in INDEX_COLUMNS[1:]:
+            index[column].extend(rows[column])
+        index["rejects"].extend({"shard": shard, **reject} for reject in summary["rejects"])
+    index_group = root[INDEX_GROUP]
+    index_group.attrs[INDEX_KEY] = index
+    return index
+
+
+def read_index(root: zarr.Group) -> dict[str, Any]:
+    index = root[INDEX_GROUP].attrs.get(INDEX_KEY)
+    if not isinstance(index, dict):
+        raise FeatstoreError("store has no consolidated index; re-run the ingest to rebuild it")
+    return index
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort 'audio_2' before 'audio_10'."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def remove_store(path: Path) -> None:
+    shutil.rmtree(path)

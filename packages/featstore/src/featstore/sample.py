@@ -1,0 +1,209 @@
+"""Generate a small corpus in the real tarred layout, with real webm/opus audio.
+
+The audio is a "tone language": every character is a short harmonic tone of its own pitch,
+words are separated by silence. It is cheap to make, compresses like voiced audio, and a tiny
+model can learn to transcribe it on a CPU in minutes, so the Quickstart and the tests can run
+the whole pipeline, training included, without downloading anything.
+
+A few clips carry the defects that real corpora have (see `DEFECTS`), so ingest's reject
+handling is exercised too.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+ENCODE_RATE = 48_000
+KINYARWANDA_LETTERS = "abcdefghijkmnoprstuvwyz"
+MANIFEST_DIR = "sharded_manifests_with_image"
+DEFECTS = (
+    "undecodable",  # random bytes in place of a webm
+    "truncated",  # webm cut in half: decodes without error, just shorter
+    "missing_audio",  # a record whose clip is in no shard
+    "no_record",  # a tar member that no manifest lists
+    "empty_text",  # a record with empty text
+    "null_text",  # a record with null text
+    "too_short",  # a clip below the minimum duration
+    "bad_json",  # a manifest line that is not JSON
+    "outside_alphabet",  # text with a character outside the alphabet (kept)
+)
+
+
+@dataclass(frozen=True)
+class ToneVoice:
+    """How characters sound: each character a tone at its own pitch, a semitone step apart."""
+
+    alphabet: str = KINYARWANDA_LETTERS
+    lowest_hz: float = 220.0
+    step_semitones: float = 1.5
+
+    def pitch(self, char: str) -> float:
+        index = self.alphabet.index(char) if char in self.alphabet else len(self.alphabet)
+        return self.lowest_hz * 2 ** (index * self.step_semitones / 12)
+
+
+def synthesize(text: str, voice: ToneVoice, rng: np.random.Generator, rate: int = ENCODE_RATE) -> np.ndarray:
+    """Render `text` as float32 audio: tones of 60-100 ms per character, 150-250 ms between words."""
+    speaker_shift = rng.uniform(0.98, 1.02)
+    pieces = [_silence(rng.uniform(0.05, 0.15), rate)]
+    for w, word in enumerate(text.split()):
+        if w:
+            pieces.append(_silence(rng.uniform(0.15, 0.25), rate))
+        for char in word:
+            pieces.append(_tone(voice.pitch(char) * speaker_shift, rng.uniform(0.06, 0.10), rate))
+            pieces.append(_silence(rng.uniform(0.01, 0.02), rate))
+    pieces.append(_silence(rng.uniform(0.05, 0.15), rate))
+    audio = np.concatenate(pieces) * rng.uniform(0.1, 0.5)
+    audio += rng.normal(0, 10 ** (-50 / 20) * 0.3, audio.size)
+    return audio.astype(np.float32)
+
+
+def _tone(pitch_hz: float, seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    harmonics = sum(np.sin(2 * np.pi * pitch_hz * h * t) / h for h in (1, 2, 3))
+    return harmonics * np.hanning(t.size)
+
+
+def _silence(seconds: float, rate: int) -> np.ndarray:
+    return np.zeros(int(seconds * rate))
+
+
+def encode_webm_opus(audio: np.ndarray, rate: int = ENCODE_RATE, bitrate: int = 32_000) -> bytes:
+    """Encode mono float32 audio as a webm file with an opus stream, like the real corpus."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="webm") as container:
+        stream = container.add_stream("libopus", rate=rate)
+        stream.layout = "mono"  # type: ignore[union-attr]
+        stream.bit_rate = bitrate  # type: ignore[union-attr]
+        frame = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):  # type: ignore[union-attr]
+            container.mux(packet)
+        for packet in stream.encode(None):  # type: ignore[union-attr]
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def random_text(rng: np.random.Generator, alphabet: str, words: tuple[int, int] = (2, 5)) -> str:
+    count = int(rng.integers(words[0], words[1] + 1))
+    return " ".join("".join(rng.choice(list(alphabet), size=int(rng.integers(2, 7)))) for _ in range(count))
+
+
+@dataclass(frozen=True)
+class SampleCorpus:
+    split_dir: Path
+    shards: int
+    clips: int
+    defects: dict[str, str]  # defect -> audio_filepath (or manifest line) that carries it
+
+
+def write_sample_corpus(
+    out: Path,
+    shards: int = 2,
+    clips_per_shard: int = 12,
+    seed: int = 0,
+    defects: bool = True,
+    alphabet: str = KINYARWANDA_LETTERS,
+    split: str = "train",
+    words: tuple[int, int] = (2, 5),
+) -> SampleCorpus:
+    """Write `out/<split>_tarred/` in the real layout: manifests plus audio_N.tar.xz shards.
+
+    With `defects`, shard 0 carries one clip of each kind in `DEFECTS` (it needs at least
+    `len(DEFECTS)` clips per shard).
+    """
+    rng = np.random.default_rng(seed)
+    voice = ToneVoice(alphabet)
+    split_dir = Path(out) / f"{split}_tarred"
+    manifest_dir = split_dir / MANIFEST_DIR
+    audio_dir = manifest_dir / "audio_shards"
+    audio_dir.mkdir(parents=True, exist_ok=True)
+    planted: dict[str, str] = {}
+    for shard in range(shards):
+        plant = list(DEFECTS) if defects and shard == 0 else []
+        lines, members = [], []
+        for clip in range(clips_per_shard):
+            name = f"{split}_{shard:03d}_{clip:05d}.webm"
+            text = random_text(rng, alphabet, words)
+            record = _record(name, text, shard, clip, rng)
+            data = encode_webm_opus(synthesize(text, voice, rng))
+            record["duration"] = round(_duration(text, data), 3)
+            defect = plant.pop(0) if plant else None
+            data, record, include_member, include_record = _apply_defect(defect, data, record, rng)
+            if defect:
+                planted[defect] = name
+            if include_record:
+                lines.append(json.dumps(record, ensure_ascii=False))
+            if include_member:
+                members.append((name, data))
+            if defect == "bad_json":
+                lines.append('{"audio_filepath": "broken.webm", "text": ')
+        (manifest_dir / f"manifest_{shard}.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _write_tar_xz(audio_dir / f"audio_{shard}.tar.xz", members)
+    return SampleCorpus(split_dir=split_dir, shards=shards, clips=shards * clips_per_shard, defects=planted)
+
+
+def _duration(text: str, data: bytes) -> float:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        samples = sum(frame.samples for frame in container.decode(stream))
+        return samples / stream.codec_context.sample_rate
+
+
+def _record(name: str, text: str, shard: int, clip: int, rng: np.random.Generator) -> dict[str, object]:
+    return {
+        "raw_text": text.capitalize() + ".",
+        "text": text,
+        "duration": 0.0,
+        "LUFS": round(float(rng.uniform(-30, -18)), 2),
+        "gender": str(rng.choice(["male", "female"])),
+        "age_group": str(rng.choice(["18-25", "26-35", "36-45", "46-60"])),
+        "location": str(rng.choice(["Kigali", "Huye", "Musanze", "Rubavu"])),
+        "image_category": "daily_life",
+        "image_sub_category": "market",
+        "audio_filepath": name,
+        "image_filepath": f"image_{shard:03d}_{clip:05d}.jpg",
+        "shard_id": shard,
+        "image_shard_id": shard,
+        "creator_id": f"speaker_{int(rng.integers(0, 40)):03d}",
+    }
+
+
+def _apply_defect(
+    defect: str | None, data: bytes, record: dict[str, object], rng: np.random.Generator
+) -> tuple[bytes, dict[str, object], bool, bool]:
+    """Return (audio bytes, record, include the tar member, include the manifest record)."""
+    if defect == "undecodable":
+        return rng.bytes(len(data)), record, True, True
+    if defect == "truncated":
+        return data[: len(data) // 2], record, True, True
+    if defect == "missing_audio":
+        return data, record, False, True
+    if defect == "no_record":
+        return data, record, True, False
+    if defect == "empty_text":
+        return data, {**record, "text": "", "raw_text": ""}, True, True
+    if defect == "null_text":
+        return data, {**record, "text": None, "raw_text": None}, True, True
+    if defect == "too_short":
+        short = encode_webm_opus(synthesize("a", ToneVoice(), rng)[: int(0.2 * ENCODE_RATE)])
+        return short, {**record, "text": "a", "raw_text": "A.", "duration": 0.2}, True, True
+    if defect == "outside_alphabet":
+        return data, {**record, "text": f"{record['text']} 42é"}, True, True
+    return data, record, True, True
+
+
+def _write_tar_xz(path: Path, members: list[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, mode="w:xz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 1_700_000_000
+            tar.addfile(info, io.BytesIO(data))

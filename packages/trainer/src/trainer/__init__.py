@@ -1,0 +1,1 @@
+"""trainer: LoRA CTC fine-tuning from a featstore store."""
