@@ -61,17 +61,6 @@ class FeatStore(Sequence[Utterance]):
         """Seconds of audio per utterance (from the index; no audio is read)."""
         return self.lengths / float(self.sample_rate)
 
-    @cached_property
-    def chunk_ids(self) -> np.ndarray:
-        """An id per utterance of the storage chunk it starts in.
-
-        Utterances sharing an id are decompressed together; a sampler that keeps them close
-        in its order reads each chunk about once.
-        """
-        chunk = self.offsets // self.info.chunk_samples
-        keys = (self.shard_codes.astype(np.int64) << 40) | (self.buckets.astype(np.int64) << 32) | chunk
-        return np.unique(keys, return_inverse=True)[1]
-
     def __len__(self) -> int:
         return int(self.lengths.size)
 

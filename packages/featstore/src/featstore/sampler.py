@@ -1,0 +1,188 @@
+"""A length-grouped (duration-bucketed) batch sampler that reads a store in contiguous runs.
+
+Every batch holds utterances of one duration bucket, so it pads little. Within a bucket the
+utterances keep their storage order, and a batch is a run of neighbours: reading it
+decompresses each chunk it spans once. Randomness comes from (1) the order of shards inside
+each bucket, (2) a random starting phase per bucket, both redrawn every epoch, and (3) the
+order of all batches across buckets. The same seed and epoch give the same batches.
+
+It is a plain iterable of index lists, so `torch.utils.data.DataLoader(batch_sampler=...)`
+takes it directly; `state_dict()`/`load_state_dict()` resume mid-epoch, and `rank`/`world_size`
+split every epoch across distributed processes without dropping or repeating an utterance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """What a sampler does in one epoch: `featstore`-free numbers for `trainer plan`."""
+
+    batches: int
+    mean_batch_seconds: float
+    max_batch_seconds: float
+    mean_batch_size: float
+    max_batch_size: int
+    max_batch_samples: int
+    padding_fraction: float
+
+
+class DurationBucketSampler:
+    """Batches of utterance indices, grouped by duration bucket.
+
+    durations: seconds per utterance. buckets: a bucket id per utterance (a store's
+    `buckets`); None buckets by duration into `num_buckets` quantiles. positions: storage
+    order within a group and bucket (a store's `offsets`); groups: a key per utterance whose
+    runs are kept together (a store's `shard_codes`). Fill each batch up to
+    `max_batch_seconds` of padded audio (longest utterance x count), or with `batch_size`
+    utterances. `for_store(store, ...)` fills in the store's arrays.
+    """
+
+    def __init__(
+        self,
+        durations: np.ndarray,
+        *,
+        max_batch_seconds: float | None = None,
+        batch_size: int | None = None,
+        buckets: np.ndarray | None = None,
+        positions: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
+        num_buckets: int = 30,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if (max_batch_seconds is None) == (batch_size is None):
+            raise ValueError("give exactly one of max_batch_seconds and batch_size")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.durations = np.asarray(durations, dtype=np.float64)
+        n = self.durations.size
+        self.buckets = np.asarray(buckets) if buckets is not None else _quantile_buckets(self.durations, num_buckets)
+        self.positions = np.asarray(positions) if positions is not None else np.arange(n)
+        self.groups = np.asarray(groups) if groups is not None else np.zeros(n, dtype=np.int64)
+        self.max_batch_seconds = max_batch_seconds
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self._start = 0  # batches of this rank already yielded in this epoch (for resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose batches `__iter__` yields (call before each epoch)."""
+        self.epoch = epoch
+        self._start = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.rank_batches()
+        start, self._start = self._start, 0
+        for position in range(start, len(batches)):
+            self._yielded = position + 1
+            yield batches[position]
+
+    def __len__(self) -> int:
+        return len(self.rank_batches())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Enough to continue exactly where the last yielded batch left off."""
+        return {"epoch": self.epoch, "yielded": getattr(self, "_yielded", 0), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        self._start = self._yielded = state["yielded"]
+
+    def rank_batches(self) -> list[list[int]]:
+        """This rank's batches of the current epoch."""
+        batches = self.epoch_batches()
+        return batches[self.rank :: self.world_size]
+
+    def epoch_batches(self) -> list[list[int]]:
+        """All batches of the current epoch, the same on every rank."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        batches: list[list[int]] = []
+        for bucket in np.unique(self.buckets):
+            members = np.flatnonzero(self.buckets == bucket)
+            order = self._bucket_order(members, rng)
+            batches.extend(self._cut(order))
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return _divisible(batches, self.world_size)
+
+    def plan(self) -> BatchPlan:
+        """Batch statistics of the current epoch, all ranks together."""
+        batches = self.epoch_batches()
+        seconds = np.array([self.durations[b].sum() for b in batches])
+        padded = np.array([self.durations[b].max() * len(b) for b in batches])
+        sizes = np.array([len(b) for b in batches])
+        return BatchPlan(
+            batches=len(batches),
+            mean_batch_seconds=float(seconds.mean()),
+            max_batch_seconds=float(seconds.max()),
+            mean_batch_size=float(sizes.mean()),
+            max_batch_size=int(sizes.max()),
+            max_batch_samples=int(padded.max() * 16_000),
+            padding_fraction=float(1 - seconds.sum() / padded.sum()),
+        )
+
+    def _bucket_order(self, members: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Storage order within each group, groups in random order, then a random rotation."""
+        members = members[np.lexsort((self.positions[members], self.groups[members]))]
+        if not self.shuffle:
+            return members
+        group_ids = np.unique(self.groups[members])
+        runs = [members[self.groups[members] == g] for g in rng.permutation(group_ids)]
+        order = np.concatenate(runs)
+        return np.roll(order, -int(rng.integers(order.size)))
+
+    def _cut(self, order: np.ndarray) -> list[list[int]]:
+        if self.batch_size is not None:
+            return [order[i : i + self.batch_size].tolist() for i in range(0, order.size, self.batch_size)]
+        assert self.max_batch_seconds is not None
+        batches: list[list[int]] = []
+        current: list[int] = []
+        longest = 0.0
+        for index in order.tolist():
+            longest_if_added = max(longest, self.durations[index])
+            if current and longest_if_added * (len(current) + 1) > self.max_batch_seconds:
+                batches.append(current)
+                current, longest_if_added = [], self.durations[index]
+            current.append(index)
+            longest = longest_if_added
+        if current:
+            batches.append(current)
+        return batches
+
+
+def for_store(store: Any, **options: Any) -> DurationBucketSampler:
+    """A sampler over a `featstore.FeatStore` that follows its storage layout."""
+    return DurationBucketSampler(
+        store.durations, buckets=store.buckets, positions=store.offsets, groups=store.shard_codes, **options
+    )
+
+
+def _quantile_buckets(durations: np.ndarray, num_buckets: int) -> np.ndarray:
+    if durations.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    edges = np.unique(np.quantile(durations, np.linspace(0, 1, num_buckets + 1)[1:-1]))
+    return np.searchsorted(edges, durations, side="right")
+
+
+def _divisible(batches: list[list[int]], world_size: int) -> list[list[int]]:
+    """Split the largest batches until every rank gets the same number, keeping every index once."""
+    batches = list(batches)
+    while len(batches) % world_size and any(len(b) > 1 for b in batches):
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches.pop(largest)
+        half = len(batch) // 2
+        batches[largest:largest] = [batch[:half], batch[half:]]
+    return batches
