@@ -103,13 +103,16 @@ def ingest_shard(
     writer = ShardWriter(root, shard.name, shard.describe())
     report = report or _report_to_dask
     pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
-    for member in iter_members(shard.path, settings.max_member_bytes):
-        entry = records.pop(member_key(member.name), None)
-        seconds = _store_member(writer, member.name, member.data, entry[1] if entry else None, settings)
-        pending_clips, pending_seconds = pending_clips + 1, pending_seconds + seconds
-        if time.monotonic() - last_report > 0.5:
-            report(pending_clips, pending_seconds)
-            pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
+    try:
+        for member in iter_members(shard.path, settings.max_member_bytes):
+            entry = records.pop(member_key(member.name), None)
+            seconds = _store_member(writer, member.name, member.data, entry[1] if entry else None, settings)
+            pending_clips, pending_seconds = pending_clips + 1, pending_seconds + seconds
+            if time.monotonic() - last_report > 0.5:
+                report(pending_clips, pending_seconds)
+                pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
+    except UnreadableShard as error:  # bad input, not a bug: reported without a worker traceback
+        return {"status": "failed", "reason": str(error)}
     for source, record in records.values():
         writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.path.name}")
     report(pending_clips + len(records), pending_seconds)
@@ -313,12 +316,11 @@ def _run_tasks(
         for future in as_completed(futures):
             shard = futures[future]
             try:
-                future.result()
-            except UnreadableShard as error:
-                summary.shards_failed[shard.name] = str(error)
-                continue
+                result = future.result()
             except Exception as error:  # a failed task must not take the other shards down with it
-                summary.shards_failed[shard.name] = f"{type(error).__name__}: {error}"
+                result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
+            if result["status"] == "failed":
+                summary.shards_failed[shard.name] = result["reason"]
                 continue
             summary.shards_done.append(shard.name)
             consolidate_index(root, scan.rejects)
