@@ -19,6 +19,7 @@ from featstore.reader import open_store
 from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.summary import format_summary, summarize
+from featstore.verify import verify_store
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = IngestSettings()
@@ -101,6 +102,15 @@ def info_command(store: Path, as_json: bool) -> None:
     else:
         for line in format_summary(summary):
             click.echo(line)
+
+
+@main.command("verify")
+@click.argument("store", type=click.Path(path_type=Path))
+@user_errors
+def verify_command(store: Path) -> None:
+    """Recompute every shard's checksum and check the index; exit non-zero at the first problem."""
+    checked = verify_store(store, echo=click.echo)
+    click.echo(f"verified {checked} utterances")
 
 
 @main.command("sample")

@@ -182,8 +182,7 @@ class ShardWriter:
         self._append_samples(bucket, clip.samples)
         row = {"bucket": bucket, "offset": offset, "length": int(clip.samples.size), "scale": clip.scale,
                "text": text, "fields": fields}
-        self._checksum.update(clip.samples.tobytes())
-        self._checksum.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        hash_utterance(self._checksum, clip.samples, row)
         self.rows.append(row)
 
     def reject(self, audio_filepath: str, reason: str, detail: str = "") -> None:
@@ -245,6 +244,12 @@ class ShardWriter:
             compressors=[BloscCodec(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=CODEC["shuffle"])],
             config={"write_empty_chunks": True},
         )
+
+
+def hash_utterance(digest: Any, samples: np.ndarray, row: dict[str, Any]) -> None:
+    """Feed one utterance into a shard checksum: its int16 bytes, then its row as sorted-key JSON."""
+    digest.update(samples.tobytes())
+    digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
 
 
 def shard_summary(root: zarr.Group, shard: str) -> dict[str, Any] | None:
