@@ -180,14 +180,46 @@ def test_changed_settings_are_refused(ingested: tuple[Path, IngestSummary], corp
         quiet_ingest(corpus.split_dir, copy, settings=IngestSettings(min_duration=1.0))
 
 
-def test_duration_limits_size_limit_and_empty_text_option(corpus: SampleCorpus, tmp_path: Path) -> None:
-    settings = IngestSettings(max_duration=2.0, keep_empty_text=True, max_member_bytes=12_000)
-    summary = quiet_ingest(corpus.split_dir, tmp_path / "limits.zarr", settings=settings, max_shards=1, workers=1)
-    store = open_store(tmp_path / "limits.zarr")
-    assert summary.rejects["too_long"] + summary.rejects["member_too_large"] >= 1
+def _shard_tar(split_dir: Path, shard: int) -> Path:
+    return split_dir / "sharded_manifests_with_image" / "audio_shards" / f"audio_{shard}.tar.xz"
+
+
+def test_clips_over_max_duration_are_rejected(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path) -> None:
+    reference = open_store(ingested[0])
+    longer = sum(1 for i in range(len(reference)) if reference.record(i)["shard"] == "audio_1" and reference.durations[i] > 2.0)
+    assert longer >= 1
+    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(max_duration=2.0), shard_selection={1}, workers=1)
+    assert summary.rejects == {"too_long": longer, "bad_manifest_line": 1}  # manifests are read whole
+    assert all(d <= 2.0 for d in open_store(tmp_path / "s.zarr").durations)
+
+
+def test_members_over_the_size_limit_are_rejected_unread(corpus: SampleCorpus, tmp_path: Path) -> None:
+    with tarfile.open(_shard_tar(corpus.split_dir, 1)) as tar:
+        sizes = sorted(member.size for member in tar.getmembers())
+    limit = sizes[len(sizes) // 2]
+    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(max_member_bytes=limit), shard_selection={1}, workers=1)
+    assert summary.rejects == {"member_too_large": sum(size > limit for size in sizes), "bad_manifest_line": 1}
+    rows = open_store(tmp_path / "s.zarr").rejects
+    assert all(r["detail"] == f"larger than --max-member-bytes {limit}" for r in rows if r["reason"] == "member_too_large")
+
+
+def test_keep_empty_text_keeps_empty_and_null_text(corpus: SampleCorpus, tmp_path: Path) -> None:
+    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(keep_empty_text=True), shard_selection={0}, workers=1)
     assert "empty_text" not in summary.rejects
-    assert all(d <= 2.0 for d in store.durations)
-    assert "" in store.texts
+    store = open_store(tmp_path / "s.zarr")
+    kept = {store.record(i)["audio_filepath"]: store.texts[i] for i in range(len(store))}
+    assert kept[corpus.defects["empty_text"]] == "" and kept[corpus.defects["null_text"]] == ""
+
+
+def test_a_record_listed_twice_is_a_duplicate_reject(corpus: SampleCorpus, tmp_path: Path) -> None:
+    copy = tmp_path / "dup"
+    shutil.copytree(corpus.split_dir, copy)
+    manifest = copy / "sharded_manifests_with_image" / "manifest_1.json"
+    first_line = manifest.read_text().splitlines()[0]
+    manifest.write_text(manifest.read_text() + first_line + "\n")
+    summary = quiet_ingest(copy, tmp_path / "s.zarr", shard_selection={1}, workers=1)
+    assert summary.rejects == {"duplicate_record": 1, "bad_manifest_line": 1}  # bad line: shard 0's manifest
+    assert len(open_store(tmp_path / "s.zarr")) == 12
 
 
 def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -> None:
