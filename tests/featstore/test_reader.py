@@ -10,7 +10,7 @@ import pytest
 
 from featstore import FeatStore, open_store
 from featstore.ingest import IngestSummary
-from featstore.audio import QuantizedClip
+from featstore.audio import QuantizedClip, SourceLevels
 from featstore.layout import CHUNK_SAMPLES, IngestSettings, ShardWriter, consolidate_index, create_store, open_root
 from featstore.sampler import DurationBucketSampler, for_store
 
@@ -41,7 +41,7 @@ def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     clips = [rng.integers(-3000, 3000, 20_800 + i, dtype=np.int16) for i in range(30)]  # ~1.3 s: one bucket
     for n, samples in enumerate(clips):
-        writer.add(QuantizedClip(samples, 0.5), f"clip {n}", {"audio_filepath": f"{n}.webm"})
+        writer.add(QuantizedClip(samples, 0.5), SourceLevels(-20.0, 0.0), f"clip {n}", {"audio_filepath": f"{n}.webm"})
     writer.finish()
     consolidate_index(root, [])
     store = open_store(tmp_path / "s.zarr")

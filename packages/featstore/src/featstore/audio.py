@@ -67,6 +67,20 @@ def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
     return pcm.astype(np.float32, copy=False).mean(axis=0)
 
 
+@dataclass(frozen=True)
+class SourceLevels:
+    """What normalization erases, measured on the decoded audio: loudness and clipping."""
+
+    level_db: float  # RMS in dB relative to full scale
+    clipping: float  # fraction of samples at full scale (|x| >= 0.999)
+
+
+def measure_levels(samples: np.ndarray) -> SourceLevels:
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+    clipping = float(np.mean(np.abs(samples) >= 0.999)) if samples.size else 0.0
+    return SourceLevels(level_db=round(20 * np.log10(max(rms, 1e-10)), 2), clipping=round(clipping, 6))
+
+
 def normalize(samples: np.ndarray) -> np.ndarray:
     """Zero mean, unit variance: exactly what Wav2Vec2FeatureExtractor(do_normalize=True) does."""
     samples = np.asarray(samples, dtype=np.float32)

@@ -13,9 +13,11 @@ import click
 
 from featstore import __version__
 from featstore.errors import FeatstoreError
-from featstore.ingest import default_workers, ingest
+from featstore.ingest import dask_client, default_workers, ingest
+from featstore.inspection import format_inspection, inspect_store, inspection_summary
 from featstore.layout import IngestSettings
 from featstore.reader import open_store
+from featstore.report import write_html, write_plots
 from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.summary import format_summary, summarize
@@ -36,7 +38,7 @@ def user_errors(command: F) -> F:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: completed shards are kept; re-run the same command to resume", err=True)
+            click.echo("interrupted: what was written is kept; re-running an ingest resumes it", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -104,6 +106,39 @@ def info_command(store: Path, as_json: bool) -> None:
             click.echo(line)
 
 
+@main.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--report", type=click.Path(path_type=Path), help="Write a self-contained HTML report here.")
+@click.option("--plots", type=click.Path(path_type=Path), help="Write PNG plots into this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
+@click.option("--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes.")
+@click.option("--memory-limit", default="2GiB", help="Memory limit per Dask worker.")
+@click.option("--scheduler", help="Address of an existing Dask scheduler instead of a local cluster.")
+@click.option("--dashboard-address", default="127.0.0.1:8787", help="Where the local cluster serves its dashboard (:0 picks a free port).")
+@click.option("--keep-dashboard", is_flag=True, help="Keep the cluster and its dashboard up until Ctrl-C.")
+@user_errors
+def inspect_command(store: Path, report: Path | None, plots: Path | None, as_json: bool, workers: int, memory_limit: str,
+                    scheduler: str | None, dashboard_address: str, keep_dashboard: bool) -> None:
+    """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
+    opened = open_store(store)
+    with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
+        click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
+        inspection = inspect_store(opened)
+        summary = inspection_summary(inspection)
+        if report:
+            click.echo(f"report: {write_html(inspection, report)}", err=as_json)
+        if plots:
+            click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
+        if as_json:
+            click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        else:
+            for line in format_inspection(summary):
+                click.echo(line)
+        if keep_dashboard:
+            click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True)
+            wait_for_interrupt()
+
+
 @main.command("verify")
 @click.argument("store", type=click.Path(path_type=Path))
 @user_errors
@@ -127,6 +162,20 @@ def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, de
     corpus = write_sample_corpus(out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects,
                                  alphabet=alphabet, split=split)
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
+
+
+def wait_for_interrupt() -> None:
+    """Block until Ctrl-C (or SIGTERM), then return so the cluster shuts down cleanly."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from featstore import __version__
-from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, normalize, quantize
+from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
 from featstore.layout import (
     IngestSettings,
@@ -150,7 +150,7 @@ def _store_member(
         writer.reject(name, "too_long", f"{seconds:.2f} s > --max-duration {settings.max_duration}")
         return 0.0
     fields = {key: value for key, value in record.items() if key != "text"}
-    writer.add(quantize(normalize(audio)), text if isinstance(text, str) else "", fields)
+    writer.add(quantize(normalize(audio)), measure_levels(audio), text if isinstance(text, str) else "", fields)
     return seconds
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from featstore.audio import QuantizedClip, SAMPLE_RATE
+from featstore.audio import SAMPLE_RATE, QuantizedClip, SourceLevels
 from featstore.errors import FeatstoreError
 
 FORMAT_NAME = "featstore"
@@ -47,7 +47,7 @@ BUCKET_EDGES = tuple(
     [0.0] + [0.5 + 0.25 * i for i in range(38)] + [10.0 + 0.5 * i for i in range(20)] + [20.0 + i for i in range(11)]
 )
 CODEC = {"name": "blosc", "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
-INDEX_COLUMNS = ("shard", "bucket", "offset", "length", "scale", "text", "fields")
+INDEX_COLUMNS = ("shard", "bucket", "offset", "length", "scale", "level_db", "clipping", "text", "fields")
 
 
 @dataclass(frozen=True)
@@ -175,13 +175,13 @@ class ShardWriter:
         self._written: dict[int, int] = {}
         self._checksum = hashlib.sha256()
 
-    def add(self, clip: QuantizedClip, text: str, fields: dict[str, Any]) -> None:
+    def add(self, clip: QuantizedClip, levels: SourceLevels, text: str, fields: dict[str, Any]) -> None:
         """Append one normalized utterance and its index row."""
         bucket = bucket_of(clip.samples.size / SAMPLE_RATE)
         offset = self._written.get(bucket, 0) + self._filled.get(bucket, 0)
         self._append_samples(bucket, clip.samples)
         row = {"bucket": bucket, "offset": offset, "length": int(clip.samples.size), "scale": clip.scale,
-               "text": text, "fields": fields}
+               "level_db": levels.level_db, "clipping": levels.clipping, "text": text, "fields": fields}
         hash_utterance(self._checksum, clip.samples, row)
         self.rows.append(row)
 

@@ -47,6 +47,8 @@ class FeatStore(Sequence[Utterance]):
         self.offsets = np.asarray(index["offset"], dtype=np.int64)
         self.lengths = np.asarray(index["length"], dtype=np.int64)
         self.scales = np.asarray(index["scale"], dtype=np.float32)
+        self.levels_db = np.asarray(index["level_db"], dtype=np.float32)
+        self.clipping = np.asarray(index["clipping"], dtype=np.float32)
         self.texts: list[str] = list(index["text"])
         self._fields: list[dict[str, Any]] = index["fields"]
         self._cache = _ChunkCache(cache_bytes)
