@@ -24,6 +24,7 @@ from featstore.errors import FeatstoreError
 from featstore.ingest import IngestSummary
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, SHARD_KEY, IngestSettings, consolidate_index, open_root
 from featstore.sample import SampleCorpus, write_sample_corpus
+from featstore.storage import locate
 
 REJECTED = {"undecodable", "truncated", "missing_audio", "no_record", "empty_text", "null_text", "too_short"}
 
@@ -107,7 +108,7 @@ def test_unfinished_shard_is_redone_from_scratch(ingested: tuple[Path, IngestSum
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
     before = store_content(copy)
-    root, _ = open_root(copy, mode="r+")
+    root, _ = open_root(locate(copy), mode="r+")
     half_written = root["shards"]["audio_1"]
     half_written.attrs[SHARD_KEY] = {"status": "writing", "source": {}}
     _, first_array = next(iter(half_written.arrays()))
@@ -236,7 +237,7 @@ def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -
 def test_reader_sees_completed_shards_only(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
-    root, _ = open_root(copy, mode="r+")
+    root, _ = open_root(locate(copy), mode="r+")
     root["shards"]["audio_1"].attrs[SHARD_KEY] = {"status": "writing", "source": {}}
     index = consolidate_index(root, [])
     store = open_store(copy)

@@ -12,6 +12,7 @@ from featstore import FeatStore, open_store
 from featstore.ingest import IngestSummary
 from featstore.audio import QuantizedClip, SourceLevels
 from featstore.layout import CHUNK_SAMPLES, IngestSettings, ShardWriter, consolidate_index, create_store, open_root
+from featstore.storage import locate
 from featstore.sampler import DurationBucketSampler, for_store
 
 
@@ -35,8 +36,8 @@ def test_item_access_returns_normalized_float32_and_its_record(ingested: tuple[P
 
 
 def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
-    create_store(tmp_path / "s.zarr", IngestSettings(), "test")
-    root, _ = open_root(tmp_path / "s.zarr", mode="r+")
+    create_store(locate(tmp_path / "s.zarr"), IngestSettings(), "test")
+    root, _ = open_root(locate(tmp_path / "s.zarr"), mode="r+")
     writer = ShardWriter(root, "audio_0", {"size": 1})
     rng = np.random.default_rng(0)
     clips = [rng.integers(-3000, 3000, 20_800 + i, dtype=np.int16) for i in range(30)]  # ~1.3 s: one bucket

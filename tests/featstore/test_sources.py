@@ -11,6 +11,7 @@ import pytest
 from featstore.errors import FeatstoreError
 from featstore.sample import SampleCorpus
 from featstore.shards import UnreadableShard, iter_members
+from featstore.storage import locate
 from featstore.sources import discover, iter_manifest_lines, parse_shard_selection, records_for_shard, select_shards
 
 
@@ -23,7 +24,7 @@ def write_tar(path: Path, members: dict[str, bytes], mode: str) -> None:
 
 
 def test_discovers_the_real_layout(corpus: SampleCorpus) -> None:
-    found = discover(corpus.split_dir)
+    found = discover(locate(corpus.split_dir))
     assert [s.shard_id for s in found.shards] == [0, 1, 2]
     assert [s.name for s in found.shards] == ["audio_0", "audio_1", "audio_2"]
     assert [m.name for m in found.manifests] == ["manifest_0.json", "manifest_1.json", "manifest_2.json"]
@@ -34,7 +35,7 @@ def test_discovers_plain_and_gzip_tars_at_any_depth(tmp_path: Path) -> None:
     write_tar(tmp_path / "a" / "b" / "part_4.tar", {"x.wav": b"1"}, "w")
     write_tar(tmp_path / "a" / "part_10.tar.gz", {"y.wav": b"2"}, "w:gz")
     (tmp_path / "a" / "manifest.json").write_text('{"audio_filepath": "x.wav", "shard_id": 4}\n')
-    found = discover(tmp_path)
+    found = discover(locate(tmp_path))
     assert [(s.shard_id, s.name) for s in found.shards] == [(4, "part_4"), (10, "part_10")]
 
 
@@ -43,7 +44,7 @@ def test_image_shards_are_not_audio(corpus: SampleCorpus, tmp_path: Path) -> Non
     images.mkdir(exist_ok=True)
     write_tar(images / "image_0.tar.xz", {"image.jpg": b"jpg"}, "w:xz")
     try:
-        assert len(discover(corpus.split_dir).shards) == 3
+        assert len(discover(locate(corpus.split_dir)).shards) == 3
     finally:
         (images / "image_0.tar.xz").unlink()
         images.rmdir()
@@ -63,7 +64,7 @@ def test_rejects_malformed_selections(text: str) -> None:
 
 
 def test_selects_by_number_and_by_count(corpus: SampleCorpus) -> None:
-    found = discover(corpus.split_dir)
+    found = discover(locate(corpus.split_dir))
     assert [s.shard_id for s in select_shards(found, {0, 2}, None)] == [0, 2]
     assert [s.shard_id for s in select_shards(found, None, 2)] == [0, 1]
     with pytest.raises(FeatstoreError, match="no shard numbered 7"):
@@ -72,9 +73,9 @@ def test_selects_by_number_and_by_count(corpus: SampleCorpus) -> None:
 
 def test_missing_input_and_empty_directory_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(FeatstoreError, match="no such file"):
-        discover(tmp_path / "nope")
+        discover(locate(tmp_path / "nope"))
     with pytest.raises(FeatstoreError, match="no tar shards"):
-        discover(tmp_path)
+        discover(locate(tmp_path))
 
 
 def test_records_are_routed_by_shard_id_across_manifests(tmp_path: Path) -> None:
@@ -82,7 +83,7 @@ def test_records_are_routed_by_shard_id_across_manifests(tmp_path: Path) -> None
         '{"audio_filepath": "a.webm", "shard_id": 1}\n{"audio_filepath": "dir/b.webm", "shard_id": 0}\nnot json\n'
     )
     (tmp_path / "manifest_1.json").write_text('{"audio_filepath": "c.webm"}\n')
-    manifests = (tmp_path / "manifest_0.json", tmp_path / "manifest_1.json")
+    manifests = (locate(tmp_path / "manifest_0.json"), locate(tmp_path / "manifest_1.json"))
     assert set(records_for_shard(manifests, 1)) == {"a.webm", "c.webm"}  # c.webm: shard from its manifest's number
     assert set(records_for_shard(manifests, 0)) == {"b.webm"}
     errors = [line for line in iter_manifest_lines(manifests) if line.record is None]
@@ -91,7 +92,7 @@ def test_records_are_routed_by_shard_id_across_manifests(tmp_path: Path) -> None
 
 def test_streams_members_and_skips_oversized_ones_unread(tmp_path: Path) -> None:
     write_tar(tmp_path / "s_0.tar.xz", {"small.webm": b"a" * 10, "big.webm": b"b" * 5000}, "w:xz")
-    members = list(iter_members(tmp_path / "s_0.tar.xz", max_bytes=100))
+    members = list(iter_members(locate(tmp_path / "s_0.tar.xz"), max_bytes=100))
     assert [(m.name, m.size, m.data) for m in members] == [("small.webm", 10, b"a" * 10), ("big.webm", 5000, None)]
 
 
@@ -100,4 +101,4 @@ def test_a_corrupt_tar_raises_unreadable_shard(tmp_path: Path) -> None:
     data = (tmp_path / "s_0.tar.xz").read_bytes()
     (tmp_path / "s_0.tar.xz").write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableShard, match="unreadable tar"):
-        list(iter_members(tmp_path / "s_0.tar.xz", max_bytes=10**6))
+        list(iter_members(locate(tmp_path / "s_0.tar.xz"), max_bytes=10**6))

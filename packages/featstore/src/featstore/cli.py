@@ -51,8 +51,8 @@ def main() -> None:
 
 
 @main.command("ingest")
-@click.argument("input_dir", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Store to write (a directory ending in .zarr).")
+@click.argument("input_dir")
+@click.option("--out", required=True, help="Store to write: a directory ending in .zarr, or an fsspec URL.")
 @click.option("--max-shards", type=click.IntRange(min=1), help="Ingest only the first N shards.")
 @click.option("--shards", "shard_text", help="Shard numbers to ingest, like 0,3,5-9.")
 @click.option("--min-duration", type=float, default=DEFAULTS.min_duration, help="Reject clips shorter than this many seconds.")
@@ -68,11 +68,11 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Delete an existing store first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def ingest_command(input_dir: Path, out: Path, shard_text: str | None, max_shards: int | None, min_duration: float,
+def ingest_command(input_dir: str, out: str, shard_text: str | None, max_shards: int | None, min_duration: float,
                    max_duration: float, keep_empty_text: bool, alphabet: str, max_member_bytes: int, workers: int,
                    memory_limit: str, scheduler: str | None, dashboard_address: str, append: bool, overwrite: bool,
                    progress: bool) -> None:
-    """Stream the tar shards under INPUT_DIR into the store at --out.
+    """Stream the tar shards under INPUT_DIR (a folder or an fsspec URL) into the store at --out.
 
     Re-running the same command resumes: completed shards are skipped, unfinished ones redone.
     """
@@ -93,10 +93,10 @@ def ingest_command(input_dir: Path, out: Path, shard_text: str | None, max_shard
 
 
 @main.command("info")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
-def info_command(store: Path, as_json: bool) -> None:
+def info_command(store: str, as_json: bool) -> None:
     """Summarize a store: utterances, hours, shards, rejects, characters."""
     summary = summarize(open_store(store))
     if as_json:
@@ -107,7 +107,7 @@ def info_command(store: Path, as_json: bool) -> None:
 
 
 @main.command("inspect")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--report", type=click.Path(path_type=Path), help="Write a self-contained HTML report here.")
 @click.option("--plots", type=click.Path(path_type=Path), help="Write PNG plots into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
@@ -117,7 +117,7 @@ def info_command(store: Path, as_json: bool) -> None:
 @click.option("--dashboard-address", default="127.0.0.1:8787", help="Where the local cluster serves its dashboard (:0 picks a free port).")
 @click.option("--keep-dashboard", is_flag=True, help="Keep the cluster and its dashboard up until Ctrl-C.")
 @user_errors
-def inspect_command(store: Path, report: Path | None, plots: Path | None, as_json: bool, workers: int, memory_limit: str,
+def inspect_command(store: str, report: Path | None, plots: Path | None, as_json: bool, workers: int, memory_limit: str,
                     scheduler: str | None, dashboard_address: str, keep_dashboard: bool) -> None:
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
     opened = open_store(store)
@@ -140,9 +140,9 @@ def inspect_command(store: Path, report: Path | None, plots: Path | None, as_jso
 
 
 @main.command("verify")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @user_errors
-def verify_command(store: Path) -> None:
+def verify_command(store: str) -> None:
     """Recompute every shard's checksum and check the index; exit non-zero at the first problem."""
     checked = verify_store(store, echo=click.echo)
     click.echo(f"verified {checked} utterances")

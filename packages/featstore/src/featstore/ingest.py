@@ -31,10 +31,10 @@ from featstore.layout import (
     is_complete,
     open_root,
     record_sources,
-    remove_store,
     shard_summary,
 )
 from featstore.shards import UnreadableShard, iter_members
+from featstore.storage import Location, locate
 from featstore.sources import (
     Corpus,
     ShardSource,
@@ -65,7 +65,7 @@ class ManifestScan:
 
 @dataclass
 class IngestSummary:
-    store: Path
+    store: str
     shards_done: list[str] = field(default_factory=list)
     shards_skipped: list[str] = field(default_factory=list)
     shards_failed: dict[str, str] = field(default_factory=dict)
@@ -92,19 +92,19 @@ class IngestSummary:
 
 
 def ingest_shard(
-    store: str, shard: ShardSource, manifests: tuple[Path, ...], settings: IngestSettings, report: ProgressFn | None = None
+    store: Location, shard: ShardSource, manifests: tuple[Location, ...], settings: IngestSettings, report: ProgressFn | None = None
 ) -> dict[str, Any]:
     """Stream one shard into its own group of the store; return the shard's summary.
 
     Memory: the shard's manifest records, one clip, and the writer's chunk buffers.
     """
-    root, _ = open_root(Path(store), mode="r+")
+    root, _ = open_root(store, mode="r+")
     records = records_for_shard(manifests, shard.shard_id)
     writer = ShardWriter(root, shard.name, shard.describe())
     report = report or _report_to_dask
     pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
     try:
-        for member in iter_members(shard.path, settings.max_member_bytes):
+        for member in iter_members(shard.location, settings.max_member_bytes):
             entry = records.pop(member_key(member.name), None)
             seconds = _store_member(writer, member.name, member.data, entry[1] if entry else None, settings)
             pending_clips, pending_seconds = pending_clips + 1, pending_seconds + seconds
@@ -114,7 +114,7 @@ def ingest_shard(
     except UnreadableShard as error:  # bad input, not a bug: reported without a worker traceback
         return {"status": "failed", "reason": str(error)}
     for source, record in records.values():
-        writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.path.name}")
+        writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.location.name}")
     report(pending_clips + len(records), pending_seconds)
     return writer.finish()
 
@@ -192,26 +192,26 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     return ManifestScan(clips, seconds, rejects)
 
 
-def prepare_store(out: Path, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool) -> None:
+def prepare_store(out: Location, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool) -> None:
     """Create the store, or check that an existing one may take these shards."""
-    if out.exists() and overwrite:
-        remove_store(out)
+    if overwrite and out.exists():
+        out.remove()
     if not out.exists():
         create_store(out, settings, __version__)
     root, info = open_root(out, mode="r+")
     if info.settings != settings:
         raise FeatstoreError(
-            f"{out} was ingested with other settings ({_settings_diff(info.settings, settings)}); "
+            f"{out.url} was ingested with other settings ({_settings_diff(info.settings, settings)}); "
             "use the same options, or --overwrite to start again"
         )
     sources = {s.name: s.describe() for s in selected}
     conflicts = [name for name, source in sources.items() if name in info.sources and info.sources[name]["size"] != source["size"]]
     if conflicts:
-        raise FeatstoreError(f"{out}: shard {conflicts[0]} in the store came from a different file; use --overwrite to start again")
+        raise FeatstoreError(f"{out.url}: shard {conflicts[0]} in the store came from a different file; use --overwrite to start again")
     new = [name for name in sources if name not in info.sources]
     if info.sources and new and not append:
         raise FeatstoreError(
-            f"{out} already holds a store made from other sources ({len(info.sources)} shards); "
+            f"{out.url} already holds a store made from other sources ({len(info.sources)} shards); "
             "use --append to add these shards or --overwrite to replace it"
         )
     record_sources(root, sources)
@@ -246,8 +246,8 @@ def default_workers() -> int:
 
 
 def ingest(
-    input_dir: Path,
-    out: Path,
+    input_dir: str | Path,
+    out: str | Path,
     *,
     settings: IngestSettings = IngestSettings(),
     shard_selection: set[int] | None = None,
@@ -263,18 +263,18 @@ def ingest(
 ) -> IngestSummary:
     """Ingest the shards of `input_dir` into the store at `out` (see the module docstring)."""
     started = time.perf_counter()
-    out = Path(out)
-    corpus = discover(Path(input_dir))
+    store = locate(out)
+    corpus = discover(locate(input_dir))
     selected = select_shards(corpus, shard_selection, max_shards)
     scan = scan_manifests(corpus, selected)
-    prepare_store(out, selected, settings, append, overwrite)
-    root, _ = open_root(out, mode="r+")
+    prepare_store(store, selected, settings, append, overwrite)
+    root, _ = open_root(store, mode="r+")
     todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
-    summary = IngestSummary(store=out, shards_skipped=[s.name for s in selected if s not in todo])
+    summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
     if todo:
-        _run_tasks(todo, corpus, settings, scan, out, summary, workers or default_workers(), memory_limit, scheduler, dashboard_address, echo, show_progress)
+        _run_tasks(todo, corpus, settings, scan, store, summary, workers or default_workers(), memory_limit, scheduler, dashboard_address, echo, show_progress)
     index = consolidate_index(root, scan.rejects)
-    _fill_totals(summary, index, out)
+    _fill_totals(summary, index, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -284,7 +284,7 @@ def _run_tasks(
     corpus: Corpus,
     settings: IngestSettings,
     scan: ManifestScan,
-    out: Path,
+    out: Location,
     summary: IngestSummary,
     workers: int,
     memory_limit: str,
@@ -310,7 +310,7 @@ def _run_tasks(
 
         client.subscribe_topic(PROGRESS_TOPIC, on_progress)
         futures = {
-            client.submit(ingest_shard, str(out.resolve()), shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"): shard
+            client.submit(ingest_shard, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"): shard
             for shard in todo
         }
         for future in as_completed(futures):
@@ -328,10 +328,10 @@ def _run_tasks(
         bar.close()
 
 
-def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Path) -> None:
+def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Location) -> None:
     lengths = np.asarray(index["length"], dtype=np.int64)
     summary.clips = int(lengths.size)
     summary.seconds = float(lengths.sum()) / SAMPLE_RATE
     summary.rejects = Counter(reject["reason"] for reject in index["rejects"])
     summary.raw_bytes = int(lengths.sum()) * 4
-    summary.bytes_written = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    summary.bytes_written = out.total_bytes()

@@ -59,8 +59,8 @@ def inspect_store(store: FeatStore) -> Inspection:
         for bucket in np.unique(store.buckets[store.shard_codes == code]):
             members = np.flatnonzero((store.shard_codes == code) & (store.buckets == bucket))
             members = members[np.argsort(store.offsets[members])]
-            path = store.path / SHARDS_GROUP / shard / bucket_array_name(int(bucket))
-            tasks.append(_measure_array(str(path), store.lengths[members], float(store.sample_rate), store.scales[members]))
+            array = store.location.child(SHARDS_GROUP, shard, bucket_array_name(int(bucket)))
+            tasks.append(_measure_array(array.url, store.lengths[members], float(store.sample_rate), store.scales[members]))
             order.append(members)
     results = dask.compute(*tasks) if tasks else []
     stats = np.zeros((len(store), len(STATS)), dtype=np.float64)
@@ -142,7 +142,7 @@ def inspection_summary(inspection: Inspection) -> dict[str, Any]:
     """JSON-ready findings."""
     store = inspection.store
     return {
-        "store": str(store.path),
+        "store": store.location.url,
         "utterances": len(store),
         "hours": float(store.durations.sum() / 3600),
         "shards": inspection.per_shard(),

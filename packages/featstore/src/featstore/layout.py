@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +26,7 @@ from zarr.codecs import BloscCodec
 
 from featstore.audio import SAMPLE_RATE, QuantizedClip, SourceLevels
 from featstore.errors import FeatstoreError
+from featstore.storage import Location
 
 FORMAT_NAME = "featstore"
 FORMAT_VERSION = 1
@@ -85,9 +82,9 @@ def bucket_array_name(bucket: int) -> str:
     return f"b{bucket:02d}"
 
 
-def chunk_file(store_path: Path, shard: str, bucket: int, chunk: int) -> Path:
-    """Where zarr keeps a chunk of a bucket array (v3 default chunk key encoding)."""
-    return store_path / SHARDS_GROUP / shard / bucket_array_name(bucket) / "c" / str(chunk)
+def chunk_key(shard: str, bucket: int, chunk: int) -> str:
+    """Where zarr keeps a chunk of a bucket array, relative to the store (v3 default chunk key encoding)."""
+    return f"{SHARDS_GROUP}/{shard}/{bucket_array_name(bucket)}/c/{chunk}"
 
 
 def root_attrs(settings: IngestSettings, package_version: str) -> dict[str, Any]:
@@ -106,30 +103,30 @@ def root_attrs(settings: IngestSettings, package_version: str) -> dict[str, Any]
     }
 
 
-def create_store(path: Path, settings: IngestSettings, package_version: str) -> None:
-    """Create an empty store atomically: built beside `path`, then renamed into place."""
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    root = zarr.open_group(str(partial), mode="w")
+def create_store(store: Location, settings: IngestSettings, package_version: str) -> None:
+    """Create an empty store: built beside `store`, then moved into place (atomic on local disks)."""
+    partial = store.sibling_for_writing()
+    root = zarr.open_group(partial.url, mode="w")
     root.create_group(SHARDS_GROUP)
     root.create_group(INDEX_GROUP).attrs[INDEX_KEY] = empty_index()
     root.attrs[ROOT_KEY] = root_attrs(settings, package_version)
-    os.rename(partial, path)
+    partial.move_to(store)
 
 
-def open_root(path: Path, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
+def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
     """Open a store's root group and check that it is a featstore store of our version."""
-    if not Path(path).exists():
-        raise FeatstoreError(f"{path}: no such store")
+    if not store.exists():
+        raise FeatstoreError(f"{store.url}: no such store")
     try:
-        root = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
+        root = zarr.open_group(store.url, mode=mode)  # type: ignore[arg-type]
         meta = root.attrs.get(ROOT_KEY)
     except (FileNotFoundError, ValueError, KeyError, TypeError, zarr.errors.NodeTypeValidationError) as error:
-        raise FeatstoreError(f"{path}: not a featstore store ({type(error).__name__})") from None
+        raise FeatstoreError(f"{store.url}: not a featstore store ({type(error).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise FeatstoreError(f"{path}: not a featstore store (no '{ROOT_KEY}' attributes)")
+        raise FeatstoreError(f"{store.url}: not a featstore store (no '{ROOT_KEY}' attributes)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise FeatstoreError(
-            f"{path}: store format version {meta.get('format_version')} is not supported by this "
+            f"{store.url}: store format version {meta.get('format_version')} is not supported by this "
             f"featstore (format {FORMAT_VERSION}); re-ingest with --overwrite or use a matching featstore"
         )
     info = StoreInfo(
@@ -301,6 +298,3 @@ def natural_key(name: str) -> tuple[Any, ...]:
     """Sort 'audio_2' before 'audio_10'."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
-
-def remove_store(path: Path) -> None:
-    shutil.rmtree(path)

@@ -1,4 +1,4 @@
-"""Reading a tar shard once, front to back, straight from its compressed file.
+"""Reading a tar shard once, front to back, straight from its compressed file (local or remote).
 
 `tarfile`'s stream mode ("r|*") decompresses sequentially and never seeks, so a 2 GB
 tar.xz is read exactly once, nothing is extracted to disk, and a member too large to be a
@@ -12,7 +12,8 @@ import tarfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+from featstore.storage import Location
 
 
 class UnreadableShard(Exception):
@@ -26,18 +27,18 @@ class Member:
     data: bytes | None  # None when the member is larger than the caller's limit
 
 
-def iter_members(path: Path, max_bytes: int) -> Iterator[Member]:
-    """Yield every regular file in the tar at `path`, in stored order."""
+def iter_members(shard: Location, max_bytes: int) -> Iterator[Member]:
+    """Yield every regular file in the tar at `shard` (local or remote), in stored order."""
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with shard.open("rb") as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for info in tar:
                 if not info.isfile():
                     continue
                 if info.size > max_bytes:
                     yield Member(info.name, info.size, None)
                     continue
-                stream = tar.extractfile(info)
-                assert stream is not None
-                yield Member(info.name, info.size, stream.read())
+                member = tar.extractfile(info)
+                assert member is not None
+                yield Member(info.name, info.size, member.read())
     except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError, OSError) as error:
-        raise UnreadableShard(f"{path.name}: unreadable tar ({str(error) or type(error).__name__})") from None
+        raise UnreadableShard(f"{shard.name}: unreadable tar ({str(error) or type(error).__name__})") from None

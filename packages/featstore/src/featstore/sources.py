@@ -1,7 +1,7 @@
 """Finding a corpus's shards and manifests, choosing shards, and reading manifest records.
 
 A split directory in the real layout (`manifest_*.json` beside `audio_shards/audio_*.tar.xz`),
-or any directory holding such files at any depth. A shard's id is the number that ends its
+or any directory holding such files at any depth, local or remote (see `storage`). A shard's id is the number that ends its
 file name (`audio_7.tar.xz` -> 7); a record's `shard_id` names the shard holding its clip.
 """
 
@@ -11,10 +11,10 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from featstore.errors import FeatstoreError
+from featstore.storage import Location
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
@@ -22,24 +22,25 @@ _TRAILING_NUMBER = re.compile(r"(\d+)$")
 
 @dataclass(frozen=True)
 class ShardSource:
-    """One tar shard on disk."""
+    """One tar shard, local or remote."""
 
     shard_id: int
-    path: Path
+    location: Location
+    size: int
 
     @property
     def name(self) -> str:
         """The shard's group name in the store: the file name without its tar suffixes."""
-        return _strip_suffix(self.path.name)
+        return _strip_suffix(self.location.name)
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "file": self.path.name, "size": self.path.stat().st_size, "shard_id": self.shard_id}
+        return {"path": self.location.url, "file": self.location.name, "size": self.size, "shard_id": self.shard_id}
 
 
 @dataclass(frozen=True)
 class Corpus:
     shards: tuple[ShardSource, ...]
-    manifests: tuple[Path, ...]
+    manifests: tuple[Location, ...]
 
 
 @dataclass(frozen=True)
@@ -51,29 +52,29 @@ class ManifestLine:
     error: str = ""
 
 
-def discover(root: Path) -> Corpus:
+def discover(root: Location) -> Corpus:
     """Find every tar shard and manifest below `root`."""
-    root = Path(root)
     if not root.exists():
-        raise FeatstoreError(f"{root}: no such file or directory")
+        raise FeatstoreError(f"{root.url}: no such file or directory")
     if not root.is_dir():
-        raise FeatstoreError(f"{root}: expected a split directory holding manifests and tar shards")
+        raise FeatstoreError(f"{root.url}: expected a split directory holding manifests and tar shards")
+    files = root.files()
     shards: dict[int, ShardSource] = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(SHARD_SUFFIXES)):
-        if "image" in path.parent.name:  # prompt-image shards of the real layout are not audio
-            continue
-        match = _TRAILING_NUMBER.search(_strip_suffix(path.name))
+    for location, size in files:
+        if not location.name.endswith(SHARD_SUFFIXES) or "image" in location.url.rsplit("/", 2)[-2]:
+            continue  # prompt-image shards of the real layout are not audio
+        match = _TRAILING_NUMBER.search(_strip_suffix(location.name))
         if not match:
-            raise FeatstoreError(f"{path}: a shard's file name must end with its number (like audio_3.tar.xz)")
+            raise FeatstoreError(f"{location.url}: a shard's file name must end with its number (like audio_3.tar.xz)")
         shard_id = int(match.group(1))
         if shard_id in shards:
-            raise FeatstoreError(f"two shards numbered {shard_id}: {shards[shard_id].path} and {path}")
-        shards[shard_id] = ShardSource(shard_id, path)
-    manifests = tuple(sorted((p for p in root.rglob("*.json*") if p.is_file() and p.name.startswith("manifest")), key=_number_key))
+            raise FeatstoreError(f"two shards numbered {shard_id}: {shards[shard_id].location.url} and {location.url}")
+        shards[shard_id] = ShardSource(shard_id, location, size or location.size())  # HTTP listings carry no sizes
+    manifests = tuple(sorted((loc for loc, _ in files if loc.name.startswith("manifest") and ".json" in loc.name), key=_number_key))
     if not shards:
-        raise FeatstoreError(f"{root}: no tar shards found (looked for {', '.join(SHARD_SUFFIXES)})")
+        raise FeatstoreError(f"{root.url}: no tar shards found (looked for {', '.join(SHARD_SUFFIXES)})")
     if not manifests:
-        raise FeatstoreError(f"{root}: no manifests found (looked for manifest*.json)")
+        raise FeatstoreError(f"{root.url}: no manifests found (looked for manifest*.json)")
     return Corpus(shards=tuple(shards[i] for i in sorted(shards)), manifests=manifests)
 
 
@@ -105,10 +106,10 @@ def select_shards(corpus: Corpus, selection: set[int] | None, max_shards: int | 
     return shards
 
 
-def iter_manifest_lines(manifests: tuple[Path, ...]) -> Iterator[ManifestLine]:
+def iter_manifest_lines(manifests: tuple[Location, ...]) -> Iterator[ManifestLine]:
     """Every non-blank line of every manifest, parsed, one at a time (bounded memory)."""
     for manifest in manifests:
-        with open(manifest, encoding="utf-8") as lines:
+        with manifest.open("rt") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():
                     continue
@@ -138,7 +139,7 @@ def member_key(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def records_for_shard(manifests: tuple[Path, ...], shard_id: int) -> dict[str, tuple[str, dict[str, Any]]]:
+def records_for_shard(manifests: tuple[Location, ...], shard_id: int) -> dict[str, tuple[str, dict[str, Any]]]:
     """member key -> (manifest line, record) for every record whose clip is in `shard_id`.
 
     Duplicates keep the first record; the orchestrator reports the others.
@@ -157,6 +158,6 @@ def _strip_suffix(name: str) -> str:
     return name
 
 
-def _number_key(path: Path) -> tuple[int, str]:
-    match = _TRAILING_NUMBER.search(path.name.split(".")[0])
-    return (int(match.group(1)) if match else -1, str(path))
+def _number_key(location: Location) -> tuple[int, str]:
+    match = _TRAILING_NUMBER.search(location.name.split(".")[0])
+    return (int(match.group(1)) if match else -1, location.url)

@@ -17,9 +17,9 @@ def summarize(store: FeatStore) -> dict[str, Any]:
     durations = store.durations
     per_shard = np.bincount(store.shard_codes, minlength=len(store.shard_names))
     seconds_per_shard = np.bincount(store.shard_codes, weights=durations, minlength=len(store.shard_names))
-    stored_bytes = sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file())
+    stored_bytes = store.location.total_bytes()
     return {
-        "store": str(store.path),
+        "store": store.location.url,
         "format_version": store.info.format_version,
         "sample_rate": store.sample_rate,
         "utterances": len(store),

@@ -18,11 +18,11 @@ class VerifyError(FeatstoreError):
     """The store is inconsistent; the message names the first problem found."""
 
 
-def verify_store(path: Path, echo: Callable[[str], None] = lambda _: None) -> int:
+def verify_store(path: str | Path, echo: Callable[[str], None] = lambda _: None) -> int:
     """Check the whole store; return the number of utterances checked, or raise VerifyError."""
-    root, _ = open_root(Path(path))
-    index = read_index(root)
     store = open_store(path, cache_bytes=0)
+    root, _ = open_root(store.location)
+    index = read_index(root)
     lengths = {column: len(index[column]) for column in INDEX_COLUMNS}
     if len(set(lengths.values())) != 1:
         raise VerifyError(f"index columns differ in length: {lengths}")
