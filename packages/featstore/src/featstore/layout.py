@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -270,7 +271,10 @@ def consolidate_index(root: zarr.Group, global_rejects: list[dict[str, Any]]) ->
     assert isinstance(shards_group, zarr.Group)
     index = empty_index()
     index["rejects"] = list(global_rejects)
-    for shard in sorted(shards_group.group_keys(), key=natural_key):
+    with warnings.catch_warnings():  # a shard group being created right now is not a group yet: skip it quietly
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        names = sorted(shards_group.group_keys(), key=natural_key)
+    for shard in names:
         summary = shard_summary(root, shard)
         if not summary or summary.get("status") != "complete":
             continue

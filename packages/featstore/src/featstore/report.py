@@ -44,8 +44,8 @@ def write_html(inspection: Inspection, path: Path) -> Path:
     )
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>featstore inspect: {html.escape(summary['store'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:70em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} figure{{display:inline-block;margin:0.5em}}</style></head>
+<style>body{{font-family:sans-serif;margin:2em;max-width:90em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} figure{{display:inline-block;width:48%;margin:0.5%}} figure img{{width:100%}}</style></head>
 <body><h1>{html.escape(summary['store'])}</h1>
 <p>{summary['utterances']} utterances, {summary['hours']:.3f} hours, {len(summary['shards'])} shards.</p>
 <h2>Plots</h2><p id="plot-status">plots not rendered (is JavaScript off?)</p>{images}
