@@ -21,7 +21,9 @@ def encode(audio: np.ndarray, rate: int, fmt: str, codec: str, layout: str = "mo
         channels = 2 if layout == "stereo" else 1
         sample_format = stream.codec_context.codec.audio_formats[0].name
         planar = np.tile(audio, (channels, 1)).astype(np.float32)
-        frame = av.AudioFrame.from_ndarray(planar.reshape(1, -1) if channels == 2 else planar, format="flt", layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            planar.reshape(1, -1) if channels == 2 else planar, format="flt", layout=layout
+        )
         frame.sample_rate = rate
         resampler = av.AudioResampler(format=sample_format, layout=layout, rate=rate)
         for converted in resampler.resample(frame):
@@ -39,7 +41,13 @@ def tone(seconds: float, rate: int, hz: float = 440.0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("fmt", "codec", "rate"),
-    [("webm", "libopus", 48_000), ("ogg", "libopus", 48_000), ("flac", "flac", 44_100), ("wav", "pcm_s16le", 22_050), ("mp3", "libmp3lame", 44_100)],
+    [
+        ("webm", "libopus", 48_000),
+        ("ogg", "libopus", 48_000),
+        ("flac", "flac", 44_100),
+        ("wav", "pcm_s16le", 22_050),
+        ("mp3", "libmp3lame", 44_100),
+    ],
 )
 def test_decodes_each_container_from_bytes_to_16k_mono(fmt: str, codec: str, rate: int) -> None:
     if codec not in av.codecs_available:

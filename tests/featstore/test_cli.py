@@ -42,8 +42,17 @@ def test_info_json_is_one_object(ingested: tuple[Path, IngestSummary]) -> None:
 
 def test_sample_then_ingest_end_to_end(tmp_path: Path) -> None:
     assert featstore("sample", str(tmp_path), "--shards", "2", "--clips", "4", "--no-defects").returncode == 0
-    result = featstore("ingest", str(tmp_path / "train_tarred"), "--out", str(tmp_path / "f.zarr"), "--workers", "1",
-                       "--dashboard-address", "127.0.0.1:0", "--no-progress")
+    result = featstore(
+        "ingest",
+        str(tmp_path / "train_tarred"),
+        "--out",
+        str(tmp_path / "f.zarr"),
+        "--workers",
+        "1",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "Dask dashboard: http://127.0.0.1:" in result.stdout
     assert "clips        8" in result.stdout
@@ -78,8 +87,17 @@ def test_unreadable_shard_exits_non_zero_and_keeps_the_rest(corpus: SampleCorpus
     shutil.copytree(corpus.split_dir, broken)
     shard = broken / "sharded_manifests_with_image" / "audio_shards" / "audio_1.tar.xz"
     shard.write_bytes(shard.read_bytes()[:1500])
-    result = featstore("ingest", str(broken), "--out", str(tmp_path / "p.zarr"), "--workers", "1",
-                       "--dashboard-address", "127.0.0.1:0", "--no-progress")
+    result = featstore(
+        "ingest",
+        str(broken),
+        "--out",
+        str(tmp_path / "p.zarr"),
+        "--workers",
+        "1",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--no-progress",
+    )
     assert_one_line_error(result, "1 shard(s) failed")
     assert "FAILED       audio_1: audio_1.tar.xz: unreadable tar" in result.stdout
     info = json.loads(featstore("info", str(tmp_path / "p.zarr"), "--json").stdout)

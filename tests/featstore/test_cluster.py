@@ -12,27 +12,58 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import quiet_ingest
 
 from featstore import open_store
 from featstore.sample import SampleCorpus
+
+from conftest import quiet_ingest
 from test_ingest import store_content
+
 
 @pytest.fixture
 def scheduler_address(tmp_path: Path) -> Iterator[str]:
     scheduler_file = tmp_path / "scheduler.json"
     common = {"start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    processes = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                   "--port", "0", "--dashboard-address", "127.0.0.1:0",
-                                   "--scheduler-file", str(scheduler_file)], **common)]  # type: ignore[call-overload]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--dashboard-address",
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            **common,
+        )
+    ]  # type: ignore[call-overload]
     try:
         deadline = time.monotonic() + 60
         while not scheduler_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(scheduler_file.read_text())["address"]
         for _ in range(2):
-            processes.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address,
-                                               "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"], **common))  # type: ignore[call-overload]
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "distributed.cli.dask_worker",
+                        address,
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                    ],
+                    **common,
+                )
+            )  # type: ignore[call-overload]
         _wait_for_workers(address, 2)
         yield address
     finally:

@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import zarr
-from conftest import quiet_ingest
 from transformers import Wav2Vec2FeatureExtractor
 
 from featstore import open_store
@@ -25,6 +23,8 @@ from featstore.ingest import IngestSummary
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, SHARD_KEY, IngestSettings, consolidate_index, open_root
 from featstore.sample import SampleCorpus, write_sample_corpus
 from featstore.storage import locate
+
+from conftest import quiet_ingest
 
 REJECTED = {"undecodable", "truncated", "missing_audio", "no_record", "empty_text", "null_text", "too_short"}
 
@@ -44,12 +44,21 @@ def test_every_clip_is_stored_or_rejected(ingested: tuple[Path, IngestSummary], 
     _, summary = ingested
     assert summary.shards_done and not summary.shards_failed
     assert summary.clips == corpus.clips - len(REJECTED) - 0  # bad_json and outside_alphabet clips are kept
-    assert summary.rejects == {"bad_manifest_line": 1, "empty_text": 2, "missing_audio": 1, "no_record": 1,
-                               "too_short": 1, "truncated": 1, "undecodable": 1}
+    assert summary.rejects == {
+        "bad_manifest_line": 1,
+        "empty_text": 2,
+        "missing_audio": 1,
+        "no_record": 1,
+        "too_short": 1,
+        "truncated": 1,
+        "undecodable": 1,
+    }
 
 
 @pytest.mark.parametrize("defect", sorted(REJECTED))
-def test_each_defect_is_a_reject_row_with_its_reason(defect: str, ingested: tuple[Path, IngestSummary], corpus: SampleCorpus) -> None:
+def test_each_defect_is_a_reject_row_with_its_reason(
+    defect: str, ingested: tuple[Path, IngestSummary], corpus: SampleCorpus
+) -> None:
     store = open_store(ingested[0])
     reason = "empty_text" if defect == "null_text" else defect
     rows = [r for r in store.rejects if r["audio_filepath"] == corpus.defects[defect]]
@@ -72,13 +81,29 @@ def test_text_outside_the_alphabet_is_kept(ingested: tuple[Path, IngestSummary],
 def test_every_manifest_field_is_kept(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus) -> None:
     store = open_store(ingested[0])
     record = store.record(len(store) - 1)
-    for field in ("raw_text", "text", "duration", "LUFS", "gender", "age_group", "location", "image_category",
-                  "image_sub_category", "audio_filepath", "image_filepath", "shard_id", "image_shard_id", "creator_id"):
+    for field in (
+        "raw_text",
+        "text",
+        "duration",
+        "LUFS",
+        "gender",
+        "age_group",
+        "location",
+        "image_category",
+        "image_sub_category",
+        "audio_filepath",
+        "image_filepath",
+        "shard_id",
+        "image_shard_id",
+        "creator_id",
+    ):
         assert field in record
     assert record["shard"] == "audio_2" and record["shard_id"] == 2
 
 
-def test_stored_audio_matches_the_feature_extractor_within_60_db(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus) -> None:
+def test_stored_audio_matches_the_feature_extractor_within_60_db(
+    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus
+) -> None:
     store = open_store(ingested[0])
     by_name = {store.record(i)["audio_filepath"]: i for i in range(len(store))}
     extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16_000, padding_value=0.0, do_normalize=True)
@@ -95,7 +120,9 @@ def test_stored_audio_matches_the_feature_extractor_within_60_db(ingested: tuple
     assert compared == 12
 
 
-def test_rerun_skips_completed_shards_and_changes_nothing(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path) -> None:
+def test_rerun_skips_completed_shards_and_changes_nothing(
+    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
     before = store_content(copy)
@@ -104,7 +131,9 @@ def test_rerun_skips_completed_shards_and_changes_nothing(ingested: tuple[Path, 
     assert store_content(copy) == before
 
 
-def test_unfinished_shard_is_redone_from_scratch(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path) -> None:
+def test_unfinished_shard_is_redone_from_scratch(
+    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
     before = store_content(copy)
@@ -125,8 +154,20 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_store(kill_when: str, tmp_pat
     reference = tmp_path / "reference.zarr"
     quiet_ingest(corpus.split_dir, reference, workers=1)
     out = tmp_path / "killed.zarr"
-    command = [sys.executable, "-m", "featstore.cli", "ingest", str(corpus.split_dir), "--out", str(out),
-               "--workers", "1", "--no-progress", "--dashboard-address", "127.0.0.1:0"]
+    command = [
+        sys.executable,
+        "-m",
+        "featstore.cli",
+        "ingest",
+        str(corpus.split_dir),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--dashboard-address",
+        "127.0.0.1:0",
+    ]
     process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None and not _reached(out, kill_when):
@@ -148,7 +189,9 @@ def _reached(out: Path, kill_when: str) -> bool:
         return False
 
 
-def test_a_store_from_other_sources_is_refused_without_append(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
+def test_a_store_from_other_sources_is_refused_without_append(
+    ingested: tuple[Path, IngestSummary], tmp_path: Path
+) -> None:
     other = write_sample_corpus(tmp_path / "other", shards=1, clips_per_shard=3, seed=9, defects=False, split="val")
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
@@ -174,7 +217,9 @@ def test_overwrite_replaces_the_store(corpus: SampleCorpus, tmp_path: Path) -> N
     assert open_store(out).shard_names == ["audio_2"]
 
 
-def test_changed_settings_are_refused(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path) -> None:
+def test_changed_settings_are_refused(
+    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
+) -> None:
     copy = tmp_path / "copy.zarr"
     shutil.copytree(ingested[0], copy)
     with pytest.raises(FeatstoreError, match="min_duration"):
@@ -185,11 +230,17 @@ def _shard_tar(split_dir: Path, shard: int) -> Path:
     return split_dir / "sharded_manifests_with_image" / "audio_shards" / f"audio_{shard}.tar.xz"
 
 
-def test_clips_over_max_duration_are_rejected(ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path) -> None:
+def test_clips_over_max_duration_are_rejected(
+    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
+) -> None:
     reference = open_store(ingested[0])
-    longer = sum(1 for i in range(len(reference)) if reference.record(i)["shard"] == "audio_1" and reference.durations[i] > 2.0)
+    longer = sum(
+        1 for i in range(len(reference)) if reference.record(i)["shard"] == "audio_1" and reference.durations[i] > 2.0
+    )
     assert longer >= 1
-    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(max_duration=2.0), shard_selection={1}, workers=1)
+    summary = quiet_ingest(
+        corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(max_duration=2.0), shard_selection={1}, workers=1
+    )
     assert summary.rejects == {"too_long": longer, "bad_manifest_line": 1}  # manifests are read whole
     assert all(d <= 2.0 for d in open_store(tmp_path / "s.zarr").durations)
 
@@ -198,14 +249,28 @@ def test_members_over_the_size_limit_are_rejected_unread(corpus: SampleCorpus, t
     with tarfile.open(_shard_tar(corpus.split_dir, 1)) as tar:
         sizes = sorted(member.size for member in tar.getmembers())
     limit = sizes[len(sizes) // 2]
-    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(max_member_bytes=limit), shard_selection={1}, workers=1)
+    summary = quiet_ingest(
+        corpus.split_dir,
+        tmp_path / "s.zarr",
+        settings=IngestSettings(max_member_bytes=limit),
+        shard_selection={1},
+        workers=1,
+    )
     assert summary.rejects == {"member_too_large": sum(size > limit for size in sizes), "bad_manifest_line": 1}
     rows = open_store(tmp_path / "s.zarr").rejects
-    assert all(r["detail"] == f"larger than --max-member-bytes {limit}" for r in rows if r["reason"] == "member_too_large")
+    assert all(
+        r["detail"] == f"larger than --max-member-bytes {limit}" for r in rows if r["reason"] == "member_too_large"
+    )
 
 
 def test_keep_empty_text_keeps_empty_and_null_text(corpus: SampleCorpus, tmp_path: Path) -> None:
-    summary = quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", settings=IngestSettings(keep_empty_text=True), shard_selection={0}, workers=1)
+    summary = quiet_ingest(
+        corpus.split_dir,
+        tmp_path / "s.zarr",
+        settings=IngestSettings(keep_empty_text=True),
+        shard_selection={0},
+        workers=1,
+    )
     assert "empty_text" not in summary.rejects
     store = open_store(tmp_path / "s.zarr")
     kept = {store.record(i)["audio_filepath"]: store.texts[i] for i in range(len(store))}

@@ -17,13 +17,14 @@ import dask
 import librosa
 import numpy as np
 import pytest
-from conftest import quiet_ingest
-from test_cli import featstore
 
 from featstore import open_store
 from featstore.ingest import IngestSummary
 from featstore.inspection import SILENCE_TOP_DB, inspect_store
 from featstore.sample import SampleCorpus
+
+from conftest import quiet_ingest
+from test_cli import featstore
 
 
 def test_dask_measurements_equal_direct_ones(ingested: tuple[Path, IngestSummary]) -> None:
@@ -61,20 +62,51 @@ def chromium() -> str:
     pytest.skip("chromium is not installed")
 
 
-def test_cli_writes_json_plots_and_a_report_that_renders_in_chromium(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
-    result = featstore("inspect", str(ingested[0]), "--json", "--workers", "2", "--dashboard-address", "127.0.0.1:0",
-                       "--report", str(tmp_path / "report.html"), "--plots", str(tmp_path / "plots"))
+def test_cli_writes_json_plots_and_a_report_that_renders_in_chromium(
+    ingested: tuple[Path, IngestSummary], tmp_path: Path
+) -> None:
+    result = featstore(
+        "inspect",
+        str(ingested[0]),
+        "--json",
+        "--workers",
+        "2",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--report",
+        str(tmp_path / "report.html"),
+        "--plots",
+        str(tmp_path / "plots"),
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["utterances"] == 29 and sum(s["utterances"] for s in summary["shards"].values()) == 29
     assert "Dask dashboard: http://127.0.0.1:" in result.stderr
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["durations.png", "levels.png", "shards.png", "speaking_rate.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "durations.png",
+        "levels.png",
+        "shards.png",
+        "speaking_rate.png",
+    ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in (tmp_path / "plots").iterdir())
     dom = subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chromium'}", "--dump-dom", (tmp_path / "report.html").as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--dump-dom",
+            (tmp_path / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     assert "4 of 4 plots rendered" in dom
     assert re.search(r'<h2 id="characters">Characters</h2><table>', dom)
@@ -83,8 +115,22 @@ def test_cli_writes_json_plots_and_a_report_that_renders_in_chromium(ingested: t
 @pytest.mark.slow
 def test_keep_dashboard_serves_until_interrupted(ingested: tuple[Path, IngestSummary]) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "featstore.cli", "inspect", str(ingested[0]), "--workers", "1", "--dashboard-address",
-         "127.0.0.1:0", "--keep-dashboard"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "featstore.cli",
+            "inspect",
+            str(ingested[0]),
+            "--workers",
+            "1",
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--keep-dashboard",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None and process.stderr is not None
         link = ""

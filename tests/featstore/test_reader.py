@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from featstore import FeatStore, open_store
-from featstore.ingest import IngestSummary
 from featstore.audio import QuantizedClip, SourceLevels
+from featstore.ingest import IngestSummary
 from featstore.layout import CHUNK_SAMPLES, IngestSettings, ShardWriter, consolidate_index, create_store, open_root
-from featstore.storage import locate
 from featstore.sampler import DurationBucketSampler, for_store
+from featstore.storage import locate
 
 
 def test_len_durations_and_texts_come_from_the_index(ingested: tuple[Path, IngestSummary]) -> None:
@@ -71,7 +71,9 @@ def test_forked_and_spawned_workers_read_the_same_audio(ingested: tuple[Path, In
     expected = float(sum(store.audio(i).sum() for i in indices))
     for method in ("fork", "spawn"):
         with multiprocessing.get_context(method).Pool(2) as pool:
-            results = pool.starmap(_checksum_in_child, [(str(ingested[0]), indices[::2]), (str(ingested[0]), indices[1::2])])
+            results = pool.starmap(
+                _checksum_in_child, [(str(ingested[0]), indices[::2]), (str(ingested[0]), indices[1::2])]
+            )
         assert sum(results) == pytest.approx(expected, rel=1e-5)
 
 
@@ -111,8 +113,10 @@ def test_sampler_resumes_mid_epoch_from_its_state() -> None:
 @pytest.mark.parametrize("world_size", [2, 3, 4])
 def test_ranks_split_an_epoch_without_dropping_or_repeating(world_size: int) -> None:
     durations = np.random.default_rng(2).uniform(0.5, 12, 401)
-    per_rank = [list(DurationBucketSampler(durations, max_batch_seconds=50, seed=1, rank=r, world_size=world_size))
-                for r in range(world_size)]
+    per_rank = [
+        list(DurationBucketSampler(durations, max_batch_seconds=50, seed=1, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
     assert len({len(batches) for batches in per_rank}) == 1  # equal steps: no rank waits forever
     everything = sorted(i for batches in per_rank for b in batches for i in b)
     assert everything == list(range(401))

@@ -12,13 +12,14 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from conftest import quiet_ingest
-from test_ingest import store_content
 
 from featstore import open_store
 from featstore.ingest import IngestSummary
 from featstore.sample import SampleCorpus
 from featstore.verify import verify_store
+
+from conftest import quiet_ingest
+from test_ingest import store_content
 
 
 class CountingHandler(SimpleHTTPRequestHandler):

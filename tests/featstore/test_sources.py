@@ -11,8 +11,8 @@ import pytest
 from featstore.errors import FeatstoreError
 from featstore.sample import SampleCorpus
 from featstore.shards import UnreadableShard, iter_members
-from featstore.storage import locate
 from featstore.sources import discover, iter_manifest_lines, parse_shard_selection, records_for_shard, select_shards
+from featstore.storage import locate
 
 
 def write_tar(path: Path, members: dict[str, bytes], mode: str) -> None:
@@ -50,9 +50,7 @@ def test_image_shards_are_not_audio(corpus: SampleCorpus, tmp_path: Path) -> Non
         images.rmdir()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"), [("0,3,5-9", {0, 3, 5, 6, 7, 8, 9}), ("2", {2}), (" 1 , 4-4 ", {1, 4})]
-)
+@pytest.mark.parametrize(("text", "expected"), [("0,3,5-9", {0, 3, 5, 6, 7, 8, 9}), ("2", {2}), (" 1 , 4-4 ", {1, 4})])
 def test_parses_shard_selections(text: str, expected: set[int]) -> None:
     assert parse_shard_selection(text) == expected
 

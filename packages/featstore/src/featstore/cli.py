@@ -55,41 +55,92 @@ def main() -> None:
 @click.option("--out", required=True, help="Store to write: a directory ending in .zarr, or an fsspec URL.")
 @click.option("--max-shards", type=click.IntRange(min=1), help="Ingest only the first N shards.")
 @click.option("--shards", "shard_text", help="Shard numbers to ingest, like 0,3,5-9.")
-@click.option("--min-duration", type=float, default=DEFAULTS.min_duration, help="Reject clips shorter than this many seconds.")
-@click.option("--max-duration", type=float, default=DEFAULTS.max_duration, help="Reject clips longer than this many seconds.")
-@click.option("--keep-empty-text/--reject-empty-text", default=DEFAULTS.keep_empty_text, help="Keep clips with empty or null text (test splits).")
-@click.option("--alphabet", default=DEFAULTS.alphabet, help="Expected characters; others are kept and listed by `featstore info`.")
-@click.option("--max-member-bytes", type=click.IntRange(min=1), default=DEFAULTS.max_member_bytes, help="Reject tar members larger than this before reading them.")
-@click.option("--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes (one thread each).")
+@click.option(
+    "--min-duration", type=float, default=DEFAULTS.min_duration, help="Reject clips shorter than this many seconds."
+)
+@click.option(
+    "--max-duration", type=float, default=DEFAULTS.max_duration, help="Reject clips longer than this many seconds."
+)
+@click.option(
+    "--keep-empty-text/--reject-empty-text",
+    default=DEFAULTS.keep_empty_text,
+    help="Keep clips with empty or null text (test splits).",
+)
+@click.option(
+    "--alphabet", default=DEFAULTS.alphabet, help="Expected characters; others are kept and listed by `featstore info`."
+)
+@click.option(
+    "--max-member-bytes",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.max_member_bytes,
+    help="Reject tar members larger than this before reading them.",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes (one thread each)."
+)
 @click.option("--memory-limit", default="2GiB", help="Memory limit per Dask worker.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://HOST:8786) instead of a local cluster.")
-@click.option("--dashboard-address", default="127.0.0.1:8787", help="Where the local cluster serves its dashboard (:0 picks a free port).")
+@click.option(
+    "--dashboard-address",
+    default="127.0.0.1:8787",
+    help="Where the local cluster serves its dashboard (:0 picks a free port).",
+)
 @click.option("--append", is_flag=True, help="Add new shards to an existing store.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def ingest_command(input_dir: str, out: str, shard_text: str | None, max_shards: int | None, min_duration: float,
-                   max_duration: float, keep_empty_text: bool, alphabet: str, max_member_bytes: int, workers: int,
-                   memory_limit: str, scheduler: str | None, dashboard_address: str, append: bool, overwrite: bool,
-                   progress: bool) -> None:
+def ingest_command(
+    input_dir: str,
+    out: str,
+    shard_text: str | None,
+    max_shards: int | None,
+    min_duration: float,
+    max_duration: float,
+    keep_empty_text: bool,
+    alphabet: str,
+    max_member_bytes: int,
+    workers: int,
+    memory_limit: str,
+    scheduler: str | None,
+    dashboard_address: str,
+    append: bool,
+    overwrite: bool,
+    progress: bool,
+) -> None:
     """Stream the tar shards under INPUT_DIR (a folder or an fsspec URL) into the store at --out.
 
     Re-running the same command resumes: completed shards are skipped, unfinished ones redone.
     """
     if min_duration >= max_duration:
         raise FeatstoreError("--min-duration must be below --max-duration")
-    settings = IngestSettings(min_duration=min_duration, max_duration=max_duration, keep_empty_text=keep_empty_text,
-                              alphabet=alphabet, max_member_bytes=max_member_bytes)
+    settings = IngestSettings(
+        min_duration=min_duration,
+        max_duration=max_duration,
+        keep_empty_text=keep_empty_text,
+        alphabet=alphabet,
+        max_member_bytes=max_member_bytes,
+    )
     summary = ingest(
-        input_dir, out, settings=settings,
-        shard_selection=parse_shard_selection(shard_text) if shard_text else None, max_shards=max_shards,
-        workers=workers, memory_limit=memory_limit, scheduler=scheduler, dashboard_address=dashboard_address,
-        append=append, overwrite=overwrite, echo=click.echo, show_progress=progress,
+        input_dir,
+        out,
+        settings=settings,
+        shard_selection=parse_shard_selection(shard_text) if shard_text else None,
+        max_shards=max_shards,
+        workers=workers,
+        memory_limit=memory_limit,
+        scheduler=scheduler,
+        dashboard_address=dashboard_address,
+        append=append,
+        overwrite=overwrite,
+        echo=click.echo,
+        show_progress=progress,
     )
     for line in summary.lines():
         click.echo(line)
     if summary.shards_failed:
-        raise FeatstoreError(f"{len(summary.shards_failed)} shard(s) failed; the others are kept. Fix or remove them and re-run")
+        raise FeatstoreError(
+            f"{len(summary.shards_failed)} shard(s) failed; the others are kept. Fix or remove them and re-run"
+        )
 
 
 @main.command("info")
@@ -114,11 +165,24 @@ def info_command(store: str, as_json: bool) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes.")
 @click.option("--memory-limit", default="2GiB", help="Memory limit per Dask worker.")
 @click.option("--scheduler", help="Address of an existing Dask scheduler instead of a local cluster.")
-@click.option("--dashboard-address", default="127.0.0.1:8787", help="Where the local cluster serves its dashboard (:0 picks a free port).")
+@click.option(
+    "--dashboard-address",
+    default="127.0.0.1:8787",
+    help="Where the local cluster serves its dashboard (:0 picks a free port).",
+)
 @click.option("--keep-dashboard", is_flag=True, help="Keep the cluster and its dashboard up until Ctrl-C.")
 @user_errors
-def inspect_command(store: str, report: Path | None, plots: Path | None, as_json: bool, workers: int, memory_limit: str,
-                    scheduler: str | None, dashboard_address: str, keep_dashboard: bool) -> None:
+def inspect_command(
+    store: str,
+    report: Path | None,
+    plots: Path | None,
+    as_json: bool,
+    workers: int,
+    memory_limit: str,
+    scheduler: str | None,
+    dashboard_address: str,
+    keep_dashboard: bool,
+) -> None:
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
     opened = open_store(store)
     with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
@@ -159,8 +223,9 @@ def verify_command(store: str) -> None:
 @user_errors
 def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
-    corpus = write_sample_corpus(out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects,
-                                 alphabet=alphabet, split=split)
+    corpus = write_sample_corpus(
+        out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects, alphabet=alphabet, split=split
+    )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
 

@@ -34,7 +34,6 @@ from featstore.layout import (
     shard_summary,
 )
 from featstore.shards import UnreadableShard, iter_members
-from featstore.storage import Location, locate
 from featstore.sources import (
     Corpus,
     ShardSource,
@@ -45,6 +44,7 @@ from featstore.sources import (
     records_for_shard,
     select_shards,
 )
+from featstore.storage import Location, locate
 
 PROGRESS_TOPIC = "featstore-progress"
 # A clip decoded this much shorter than its manifest duration was cut off (webm often decodes
@@ -81,7 +81,8 @@ class IngestSummary:
         rejects = ", ".join(f"{reason} {count}" for reason, count in sorted(self.rejects.items())) or "none"
         lines = [
             f"store        {self.store}",
-            f"shards       {len(self.shards_done)} ingested, {len(self.shards_skipped)} already complete, {len(self.shards_failed)} failed",
+            f"shards       {len(self.shards_done)} ingested, {len(self.shards_skipped)} already complete, "
+            f"{len(self.shards_failed)} failed",
             f"clips        {self.clips} ({self.seconds / 3600:.2f} h of audio)",
             f"rejects      {rejects}",
             f"written      {self.bytes_written / 1e6:.1f} MB (compression {ratio:.2f}x against float32)",
@@ -92,7 +93,11 @@ class IngestSummary:
 
 
 def ingest_shard(
-    store: Location, shard: ShardSource, manifests: tuple[Location, ...], settings: IngestSettings, report: ProgressFn | None = None
+    store: Location,
+    shard: ShardSource,
+    manifests: tuple[Location, ...],
+    settings: IngestSettings,
+    report: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Stream one shard into its own group of the store; return the shard's summary.
 
@@ -172,18 +177,39 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     seen: set[tuple[int, str]] = set()
     for line in iter_manifest_lines(corpus.manifests):
         if line.record is None:
-            rejects.append({"shard": None, "audio_filepath": "", "reason": "bad_manifest_line", "detail": f"{line.source}: {line.error}"})
+            rejects.append(
+                {
+                    "shard": None,
+                    "audio_filepath": "",
+                    "reason": "bad_manifest_line",
+                    "detail": f"{line.source}: {line.error}",
+                }
+            )
             continue
         shard_id = record_shard(line.record, line.source)
         path = line.record["audio_filepath"]
         if shard_id not in known:
-            rejects.append({"shard": None, "audio_filepath": path, "reason": "missing_audio", "detail": f"{line.source}: shard {shard_id} not in the input"})
+            rejects.append(
+                {
+                    "shard": None,
+                    "audio_filepath": path,
+                    "reason": "missing_audio",
+                    "detail": f"{line.source}: shard {shard_id} not in the input",
+                }
+            )
             continue
         if shard_id not in chosen:
             continue
         key = (shard_id, member_key(path))
         if key in seen:
-            rejects.append({"shard": None, "audio_filepath": path, "reason": "duplicate_record", "detail": f"{line.source}: listed twice"})
+            rejects.append(
+                {
+                    "shard": None,
+                    "audio_filepath": path,
+                    "reason": "duplicate_record",
+                    "detail": f"{line.source}: listed twice",
+                }
+            )
             continue
         seen.add(key)
         clips[shard_id] += 1
@@ -192,7 +218,9 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     return ManifestScan(clips, seconds, rejects)
 
 
-def prepare_store(out: Location, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool) -> None:
+def prepare_store(
+    out: Location, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool
+) -> None:
     """Create the store, or check that an existing one may take these shards."""
     if overwrite and out.exists():
         out.remove()
@@ -205,9 +233,15 @@ def prepare_store(out: Location, selected: tuple[ShardSource, ...], settings: In
             "use the same options, or --overwrite to start again"
         )
     sources = {s.name: s.describe() for s in selected}
-    conflicts = [name for name, source in sources.items() if name in info.sources and info.sources[name]["size"] != source["size"]]
+    conflicts = [
+        name
+        for name, source in sources.items()
+        if name in info.sources and info.sources[name]["size"] != source["size"]
+    ]
     if conflicts:
-        raise FeatstoreError(f"{out.url}: shard {conflicts[0]} in the store came from a different file; use --overwrite to start again")
+        raise FeatstoreError(
+            f"{out.url}: shard {conflicts[0]} in the store came from a different file; use --overwrite to start again"
+        )
     new = [name for name in sources if name not in info.sources]
     if info.sources and new and not append:
         raise FeatstoreError(
@@ -231,13 +265,16 @@ def dask_client(workers: int, memory_limit: str, scheduler: str | None, dashboar
         with Client(scheduler) as client:
             yield client
         return
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        memory_limit=memory_limit,
-        dashboard_address=dashboard_address,
-        processes=True,
-    ) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            memory_limit=memory_limit,
+            dashboard_address=dashboard_address,
+            processes=True,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -249,7 +286,7 @@ def ingest(
     input_dir: str | Path,
     out: str | Path,
     *,
-    settings: IngestSettings = IngestSettings(),
+    settings: IngestSettings | None = None,
     shard_selection: set[int] | None = None,
     max_shards: int | None = None,
     workers: int | None = None,
@@ -263,6 +300,7 @@ def ingest(
 ) -> IngestSummary:
     """Ingest the shards of `input_dir` into the store at `out` (see the module docstring)."""
     started = time.perf_counter()
+    settings = settings or IngestSettings()
     store = locate(out)
     corpus = discover(locate(input_dir))
     selected = select_shards(corpus, shard_selection, max_shards)
@@ -272,7 +310,20 @@ def ingest(
     todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
     summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
     if todo:
-        _run_tasks(todo, corpus, settings, scan, store, summary, workers or default_workers(), memory_limit, scheduler, dashboard_address, echo, show_progress)
+        _run_tasks(
+            todo,
+            corpus,
+            settings,
+            scan,
+            store,
+            summary,
+            workers or default_workers(),
+            memory_limit,
+            scheduler,
+            dashboard_address,
+            echo,
+            show_progress,
+        )
     index = consolidate_index(root, scan.rejects)
     _fill_totals(summary, index, store)
     summary.wall_seconds = time.perf_counter() - started
@@ -310,7 +361,9 @@ def _run_tasks(
 
         client.subscribe_topic(PROGRESS_TOPIC, on_progress)
         futures = {
-            client.submit(ingest_shard, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"): shard
+            client.submit(
+                ingest_shard, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
+            ): shard
             for shard in todo
         }
         for future in as_completed(futures):

@@ -41,8 +41,13 @@ class Inspection:
 
     def per_shard(self) -> dict[str, dict[str, float]]:
         counts = np.bincount(self.store.shard_codes, minlength=len(self.store.shard_names))
-        seconds = np.bincount(self.store.shard_codes, weights=self.store.durations, minlength=len(self.store.shard_names))
-        return {name: {"utterances": int(n), "hours": float(s / 3600)} for name, n, s in zip(self.store.shard_names, counts, seconds)}
+        seconds = np.bincount(
+            self.store.shard_codes, weights=self.store.durations, minlength=len(self.store.shard_names)
+        )
+        return {
+            name: {"utterances": int(n), "hours": float(s / 3600)}
+            for name, n, s in zip(self.store.shard_names, counts, seconds, strict=False)
+        }
 
     def characters(self) -> dict[str, int]:
         return dict(Counter("".join(self.store.texts)).most_common())
@@ -60,11 +65,13 @@ def inspect_store(store: FeatStore) -> Inspection:
             members = np.flatnonzero((store.shard_codes == code) & (store.buckets == bucket))
             members = members[np.argsort(store.offsets[members])]
             array = store.location.child(SHARDS_GROUP, shard, bucket_array_name(int(bucket)))
-            tasks.append(_measure_array(array.url, store.lengths[members], float(store.sample_rate), store.scales[members]))
+            tasks.append(
+                _measure_array(array.url, store.lengths[members], float(store.sample_rate), store.scales[members])
+            )
             order.append(members)
     results = dask.compute(*tasks) if tasks else []
     stats = np.zeros((len(store), len(STATS)), dtype=np.float64)
-    for members, values in zip(order, results):
+    for members, values in zip(order, results, strict=False):
         stats[members] = values
     voiced = np.maximum(store.durations - stats[:, 1] - stats[:, 2], 0.1)
     letters = np.array([len(text.replace(" ", "")) for text in store.texts], dtype=np.float64)
@@ -83,8 +90,8 @@ def _measure_array(path: str, lengths: np.ndarray, sample_rate: float, scales: n
         dtype=np.float64,
         chunks=(tuple(utterances_per_block), (len(STATS),)),
         new_axis=1,
-        lengths=[lengths[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
-        scales=[scales[a:b] for a, b in zip(bounds[:-1], bounds[1:])],
+        lengths=[lengths[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)],
+        scales=[scales[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)],
         sample_rate=sample_rate,
         meta=np.empty((0, len(STATS)), dtype=np.float64),
     )
@@ -107,15 +114,20 @@ def _utterance_blocks(lengths: np.ndarray) -> tuple[list[int], list[int]]:
     return sizes, counts
 
 
-def _measure_block(block: np.ndarray, lengths: list[np.ndarray], scales: list[np.ndarray], sample_rate: float,
-                   block_info: dict[Any, Any] | None = None) -> np.ndarray:
+def _measure_block(
+    block: np.ndarray,
+    lengths: list[np.ndarray],
+    scales: list[np.ndarray],
+    sample_rate: float,
+    block_info: dict[Any, Any] | None = None,
+) -> np.ndarray:
     import librosa
 
     assert block_info is not None
     index = block_info[0]["chunk-location"][0]
     out = np.zeros((len(lengths[index]), len(STATS)))
     start = 0
-    for row, (length, scale) in enumerate(zip(lengths[index].tolist(), scales[index].tolist())):
+    for row, (length, scale) in enumerate(zip(lengths[index].tolist(), scales[index].tolist(), strict=False)):
         audio = block[start : start + length].astype(np.float32) * np.float32(scale)
         start += length
         _, (first, last) = librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=400, hop_length=160)
@@ -132,8 +144,14 @@ def _rate_outliers(store: FeatStore, rate: np.ndarray) -> list[dict[str, Any]]:
     z = (rate - median) / spread
     flagged = np.flatnonzero(np.abs(z) > OUTLIER_Z)
     return [
-        {"index": int(i), "audio_filepath": store.record(int(i)).get("audio_filepath", ""), "text": store.texts[i],
-         "seconds": round(float(store.durations[i]), 2), "chars_per_second": round(float(rate[i]), 2), "z": round(float(z[i]), 1)}
+        {
+            "index": int(i),
+            "audio_filepath": store.record(int(i)).get("audio_filepath", ""),
+            "text": store.texts[i],
+            "seconds": round(float(store.durations[i]), 2),
+            "chars_per_second": round(float(rate[i]), 2),
+            "z": round(float(z[i]), 1),
+        }
         for i in flagged[np.argsort(-np.abs(z[flagged]))]
     ]
 
@@ -163,23 +181,40 @@ def _describe(values: np.ndarray) -> dict[str, float]:
     if not values.size:
         return {}
     q = np.quantile(values, [0, 0.05, 0.5, 0.95, 1])
-    return {"min": float(q[0]), "p5": float(q[1]), "median": float(q[2]), "p95": float(q[3]), "max": float(q[4]),
-            "mean": float(np.mean(values))}
-
+    return {
+        "min": float(q[0]),
+        "p5": float(q[1]),
+        "median": float(q[2]),
+        "p95": float(q[3]),
+        "max": float(q[4]),
+        "mean": float(np.mean(values)),
+    }
 
 
 def format_inspection(summary: dict[str, Any]) -> list[str]:
     """The findings as terminal lines."""
     lines = [f"store          {summary['store']}: {summary['utterances']} utterances, {summary['hours']:.3f} h"]
-    for name in ("duration_seconds", "level_db", "peak", "lead_silence_seconds", "trail_silence_seconds", "speaking_rate"):
+    for name in (
+        "duration_seconds",
+        "level_db",
+        "peak",
+        "lead_silence_seconds",
+        "trail_silence_seconds",
+        "speaking_rate",
+    ):
         d = summary[name]
         if d:
-            lines.append(f"{name:<22} median {d['median']:8.3f}   p5 {d['p5']:8.3f}   p95 {d['p95']:8.3f}   max {d['max']:8.3f}")
+            lines.append(
+                f"{name:<22} median {d['median']:8.3f}   p5 {d['p5']:8.3f}   p95 {d['p95']:8.3f}   max {d['max']:8.3f}"
+            )
     clipping = summary["clipping_rate"]
     if clipping:
         lines.append(f"{'clipping_rate':<22} max {clipping['max']:.4f}")
     lines.append(f"outliers       {len(summary['speaking_rate_outliers'])} utterances with an unusual speaking rate")
     for outlier in summary["speaking_rate_outliers"][:10]:
-        lines.append(f"  {outlier['audio_filepath']}  {outlier['chars_per_second']} chars/s (z {outlier['z']})  {outlier['text'][:60]!r}")
+        lines.append(
+            f"  {outlier['audio_filepath']}  {outlier['chars_per_second']} chars/s (z {outlier['z']})  "
+            f"{outlier['text'][:60]!r}"
+        )
     lines.append("rejects        " + (", ".join(f"{k} {v}" for k, v in summary["rejects"].items()) or "none"))
     return lines

@@ -94,7 +94,10 @@ def root_attrs(settings: IngestSettings, package_version: str) -> dict[str, Any]
         "format_version": FORMAT_VERSION,
         "sample_rate": SAMPLE_RATE,
         "dtype": "int16",
-        "normalization": "zero mean, unit variance per utterance (Wav2Vec2FeatureExtractor do_normalize=True, epsilon 1e-7); value = int16 * scale",
+        "normalization": (
+            "zero mean, unit variance per utterance (Wav2Vec2FeatureExtractor do_normalize=True, epsilon 1e-7); "
+            "value = int16 * scale"
+        ),
         "codec": CODEC,
         "chunk_samples": CHUNK_SAMPLES,
         "bucket_edges": list(BUCKET_EDGES),
@@ -178,8 +181,16 @@ class ShardWriter:
         bucket = bucket_of(clip.samples.size / SAMPLE_RATE)
         offset = self._written.get(bucket, 0) + self._filled.get(bucket, 0)
         self._append_samples(bucket, clip.samples)
-        row = {"bucket": bucket, "offset": offset, "length": int(clip.samples.size), "scale": clip.scale,
-               "level_db": levels.level_db, "clipping": levels.clipping, "text": text, "fields": fields}
+        row = {
+            "bucket": bucket,
+            "offset": offset,
+            "length": int(clip.samples.size),
+            "scale": clip.scale,
+            "level_db": levels.level_db,
+            "clipping": levels.clipping,
+            "text": text,
+            "fields": fields,
+        }
         hash_utterance(self._checksum, clip.samples, row)
         self.rows.append(row)
 
@@ -262,7 +273,9 @@ def shard_summary(root: zarr.Group, shard: str) -> dict[str, Any] | None:
 
 def is_complete(summary: dict[str, Any] | None, source: dict[str, Any]) -> bool:
     """A shard is done when its group says so and was made from the same source file."""
-    return bool(summary and summary.get("status") == "complete" and summary.get("source", {}).get("size") == source.get("size"))
+    return bool(
+        summary and summary.get("status") == "complete" and summary.get("source", {}).get("size") == source.get("size")
+    )
 
 
 def consolidate_index(root: zarr.Group, global_rejects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,4 +314,3 @@ def read_index(root: zarr.Group) -> dict[str, Any]:
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort 'audio_2' before 'audio_10'."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-

@@ -18,6 +18,11 @@ import numpy as np  # noqa: E402
 from featstore.inspection import Inspection, inspection_summary  # noqa: E402
 
 PLOTS = ("durations", "shards", "speaking_rate", "levels")
+_STYLE = (
+    "body{font-family:sans-serif;margin:2em;max-width:90em} table{border-collapse:collapse} "
+    "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left} "
+    "figure{display:inline-block;width:48%;margin:0.5%} figure img{width:100%}"
+)
 
 
 def render_plots(inspection: Inspection) -> dict[str, bytes]:
@@ -39,21 +44,28 @@ def write_html(inspection: Inspection, path: Path) -> Path:
     """A page that opens in any browser with no server: plots inlined as data URIs."""
     summary = inspection_summary(inspection)
     images = "\n".join(
-        f'<figure><img id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}"></figure>'
+        f'<figure><img id="plot-{name}" alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+        "</figure>"
         for name, data in render_plots(inspection).items()
     )
+    shards = [[name, shard["utterances"], f"{shard['hours']:.3f}"] for name, shard in summary["shards"].items()]
+    outliers = [
+        [o["audio_filepath"], o["text"], o["seconds"], o["chars_per_second"], o["z"]]
+        for o in summary["speaking_rate_outliers"]
+    ]
+    characters = [[repr(c) if c.isspace() else c, n] for c, n in summary["characters"].items()]
+    rejects = [[reason, count] for reason, count in summary["rejects"].items()]
     body = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>featstore inspect: {html.escape(summary['store'])}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:90em}} table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} figure{{display:inline-block;width:48%;margin:0.5%}} figure img{{width:100%}}</style></head>
-<body><h1>{html.escape(summary['store'])}</h1>
-<p>{summary['utterances']} utterances, {summary['hours']:.3f} hours, {len(summary['shards'])} shards.</p>
+<html lang="en"><head><meta charset="utf-8"><title>featstore inspect: {html.escape(summary["store"])}</title>
+<style>{_STYLE}</style></head>
+<body><h1>{html.escape(summary["store"])}</h1>
+<p>{summary["utterances"]} utterances, {summary["hours"]:.3f} hours, {len(summary["shards"])} shards.</p>
 <h2>Plots</h2><p id="plot-status">plots not rendered (is JavaScript off?)</p>{images}
-<h2>Shards</h2>{_table(["shard", "utterances", "hours"], [[k, v["utterances"], f"{v['hours']:.3f}"] for k, v in summary["shards"].items()])}
+<h2>Shards</h2>{_table(["shard", "utterances", "hours"], shards)}
 <h2>Measurements</h2>{_table(["measure", "min", "p5", "median", "p95", "max"], _measure_rows(summary))}
-<h2>Speaking-rate outliers</h2>{_table(["audio_filepath", "text", "seconds", "chars/s", "z"], [[o["audio_filepath"], o["text"], o["seconds"], o["chars_per_second"], o["z"]] for o in summary["speaking_rate_outliers"]]) or "<p>none</p>"}
-<h2 id="characters">Characters</h2>{_table(["character", "count"], [[repr(c) if c.isspace() else c, n] for c, n in summary["characters"].items()])}
-<h2>Rejects</h2>{_table(["reason", "count"], [[k, v] for k, v in summary["rejects"].items()]) or "<p>none</p>"}
+<h2>Speaking-rate outliers</h2>{_table(["audio_filepath", "text", "seconds", "chars/s", "z"], outliers) or "none"}
+<h2 id="characters">Characters</h2>{_table(["character", "count"], characters)}
+<h2>Rejects</h2>{_table(["reason", "count"], rejects) or "none"}
 <script>window.addEventListener("load", () => {{
   const images = [...document.querySelectorAll("figure img")];
   const shown = images.filter((image) => image.complete && image.naturalWidth > 0).length;
@@ -68,8 +80,20 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} figure{{display:i
 
 
 def _measure_rows(summary: dict[str, Any]) -> list[list[Any]]:
-    names = ["duration_seconds", "level_db", "clipping_rate", "peak", "lead_silence_seconds", "trail_silence_seconds", "speaking_rate"]
-    return [[name] + [f"{summary[name].get(k, 0):.3g}" for k in ("min", "p5", "median", "p95", "max")] for name in names if summary[name]]
+    names = [
+        "duration_seconds",
+        "level_db",
+        "clipping_rate",
+        "peak",
+        "lead_silence_seconds",
+        "trail_silence_seconds",
+        "speaking_rate",
+    ]
+    return [
+        [name] + [f"{summary[name].get(k, 0):.3g}" for k in ("min", "p5", "median", "p95", "max")]
+        for name in names
+        if summary[name]
+    ]
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

@@ -1,8 +1,9 @@
 """Finding a corpus's shards and manifests, choosing shards, and reading manifest records.
 
 A split directory in the real layout (`manifest_*.json` beside `audio_shards/audio_*.tar.xz`),
-or any directory holding such files at any depth, local or remote (see `storage`). A shard's id is the number that ends its
-file name (`audio_7.tar.xz` -> 7); a record's `shard_id` names the shard holding its clip.
+or any directory holding such files at any depth, local or remote (see `storage`). A shard's id
+is the number that ends its file name (`audio_7.tar.xz` -> 7); a record's `shard_id` names the
+shard holding its clip.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ def discover(root: Location) -> Corpus:
         if shard_id in shards:
             raise FeatstoreError(f"two shards numbered {shard_id}: {shards[shard_id].location.url} and {location.url}")
         shards[shard_id] = ShardSource(shard_id, location, size or location.size())  # HTTP listings carry no sizes
-    manifests = tuple(sorted((loc for loc, _ in files if loc.name.startswith("manifest") and ".json" in loc.name), key=_number_key))
+    manifests = tuple(
+        sorted((loc for loc, _ in files if loc.name.startswith("manifest") and ".json" in loc.name), key=_number_key)
+    )
     if not shards:
         raise FeatstoreError(f"{root.url}: no tar shards found (looked for {', '.join(SHARD_SUFFIXES)})")
     if not manifests:

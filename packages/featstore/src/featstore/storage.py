@@ -57,7 +57,9 @@ class Location:
         """Every file below this folder, with its size, in sorted order."""
         fs, path = self.filesystem()
         found = fs.find(path, detail=True)
-        files = [(name, int(info.get("size") or 0)) for name, info in found.items() if info.get("type", "file") == "file"]
+        files = [
+            (name, int(info.get("size") or 0)) for name, info in found.items() if info.get("type", "file") == "file"
+        ]
         return sorted((Location(name if self.is_local else fs.unstrip_protocol(name)), size) for name, size in files)
 
     def size(self) -> int:

@@ -37,7 +37,9 @@ def verify_store(path: str | Path, echo: Callable[[str], None] = lambda _: None)
         _check_layout(root, shard, index, rows)
         checksum = _checksum(store, index, rows)
         if checksum != summary["checksum"] or checksum != index["checksums"][shard]:
-            raise VerifyError(f"{shard}: checksum mismatch (stored {summary['checksum'][:19]}, computed {checksum[:19]})")
+            raise VerifyError(
+                f"{shard}: checksum mismatch (stored {summary['checksum'][:19]}, computed {checksum[:19]})"
+            )
         echo(f"ok  {shard}: {rows.size} utterances, {checksum[:19]}")
     return len(index["shard"])
 
