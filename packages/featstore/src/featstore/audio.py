@@ -52,7 +52,7 @@ def decode_clip(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             decoded = fifo.read()
     except DecodeError:
         raise
-    except (av.error.FFmpegError, ValueError, EOFError) as error:  # type: ignore[attr-defined]
+    except (av.error.FFmpegError, ValueError, EOFError) as error:
         raise DecodeError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
     if decoded is None or not decoded.samples or not source_rate:
         raise DecodeError("no audio frames")
@@ -69,7 +69,7 @@ def _to_mono(frame: av.AudioFrame) -> np.ndarray:
     if not frame.format.is_planar:
         pcm = pcm.reshape(-1, channels).T
     if np.issubdtype(pcm.dtype, np.integer):
-        pcm = pcm.astype(np.float32) / float(np.iinfo(pcm.dtype).max)
+        pcm = pcm.astype(np.float32) / float(np.iinfo(pcm.dtype).max)  # type: ignore[type-var]
     return pcm.astype(np.float32, copy=False).mean(axis=0)
 
 

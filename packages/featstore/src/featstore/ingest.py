@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +59,7 @@ class ManifestScan:
     """What one pass over the manifests tells before any audio is read."""
 
     clips_per_shard: Counter[int]
-    seconds_per_shard: Counter[int]
+    seconds_per_shard: dict[int, float]
     rejects: list[dict[str, Any]]
 
 
@@ -172,7 +172,7 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     known = {s.shard_id for s in corpus.shards}
     chosen = {s.shard_id for s in selected}
     clips: Counter[int] = Counter()
-    seconds: Counter[int] = Counter()
+    seconds: dict[int, float] = defaultdict(float)
     rejects: list[dict[str, Any]] = []
     seen: set[tuple[int, str]] = set()
     for line in iter_manifest_lines(corpus.manifests):

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
+from dask.base import compute
 
 from featstore.layout import SHARDS_GROUP, bucket_array_name
 from featstore.reader import FeatStore
@@ -69,7 +69,7 @@ def inspect_store(store: FeatStore) -> Inspection:
                 _measure_array(array.url, store.lengths[members], float(store.sample_rate), store.scales[members])
             )
             order.append(members)
-    results = dask.compute(*tasks) if tasks else []
+    results = compute(*tasks) if tasks else []
     stats = np.zeros((len(store), len(STATS)), dtype=np.float64)
     for members, values in zip(order, results, strict=False):
         stats[members] = values

@@ -44,7 +44,8 @@ CHUNK_SAMPLES = 2**18
 BUCKET_EDGES = tuple(
     [0.0] + [0.5 + 0.25 * i for i in range(38)] + [10.0 + 0.5 * i for i in range(20)] + [20.0 + i for i in range(11)]
 )
-CODEC = {"name": "blosc", "cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
+CODEC_LEVEL = 3
+CODEC = {"name": "blosc", "cname": "zstd", "clevel": CODEC_LEVEL, "shuffle": "bitshuffle"}
 INDEX_COLUMNS = ("shard", "bucket", "offset", "length", "scale", "level_db", "clipping", "text", "fields")
 
 
@@ -145,7 +146,7 @@ def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
 
 
 def record_sources(root: zarr.Group, sources: dict[str, dict[str, Any]]) -> None:
-    meta = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
+    meta: dict[str, Any] = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
     meta["sources"] = {**meta.get("sources", {}), **sources}
     root.attrs[ROOT_KEY] = meta
 
@@ -210,7 +211,7 @@ class ShardWriter:
             "rows": {column: [row[column] for row in self.rows] for column in INDEX_COLUMNS if column != "shard"},
             "rejects": self.rejects,
         }
-        self.group.attrs[SHARD_KEY] = summary
+        self.group.attrs[SHARD_KEY] = summary  # type: ignore[assignment]
         return summary
 
     def _append_samples(self, bucket: int, samples: np.ndarray) -> None:
@@ -238,7 +239,7 @@ class ShardWriter:
         self._written[bucket] = start + filled
         self._filled[bucket] = 0
 
-    def _bucket_array(self, bucket: int) -> zarr.Array:
+    def _bucket_array(self, bucket: int) -> zarr.Array[Any]:
         name = bucket_array_name(bucket)
         if name in self.group:
             array = self.group[name]
@@ -250,7 +251,7 @@ class ShardWriter:
             chunks=(CHUNK_SAMPLES,),
             dtype="int16",
             fill_value=0,
-            compressors=[BloscCodec(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=CODEC["shuffle"])],
+            compressors=[BloscCodec(cname="zstd", clevel=CODEC_LEVEL, shuffle="bitshuffle")],
             config={"write_empty_chunks": True},
         )
 

@@ -80,13 +80,13 @@ def encode_webm_opus(audio: np.ndarray, rate: int = ENCODE_RATE, bitrate: int = 
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="webm") as container:
         stream = container.add_stream("libopus", rate=rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
-        stream.bit_rate = bitrate  # type: ignore[union-attr]
+        stream.layout = "mono"
+        stream.bit_rate = bitrate
         frame = av.AudioFrame.from_ndarray(audio[None, :].astype(np.float32), format="flt", layout="mono")
         frame.sample_rate = rate
-        for packet in stream.encode(frame):  # type: ignore[union-attr]
+        for packet in stream.encode(frame):
             container.mux(packet)
-        for packet in stream.encode(None):  # type: ignore[union-attr]
+        for packet in stream.encode(None):
             container.mux(packet)
     return buffer.getvalue()
 
@@ -151,9 +151,9 @@ def write_sample_corpus(
 
 
 def _duration(text: str, data: bytes) -> float:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.audio[0]
-        samples = sum(frame.samples for frame in container.decode(stream))
+        samples = sum(int(frame.samples) for frame in container.decode(stream))
         return samples / stream.codec_context.sample_rate
 
 

@@ -38,7 +38,7 @@ class Location:
 
     def filesystem(self) -> tuple[fsspec.AbstractFileSystem, str]:
         try:
-            return fsspec.core.url_to_fs(self.url)  # type: ignore[no-any-return]
+            return fsspec.core.url_to_fs(self.url)
         except (ImportError, ValueError) as error:
             raise FeatstoreError(f"{self.url}: {_first_line(error)} (see README: remote storage extras)") from None
 
@@ -69,12 +69,12 @@ class Location:
     def open(self, mode: str = "rb") -> IO[Any]:
         fs, path = self.filesystem()
         if "b" in mode:
-            return fs.open(path, mode, block_size=STREAM_BLOCK_BYTES)  # type: ignore[no-any-return]
-        return fs.open(path, mode, encoding="utf-8")  # type: ignore[no-any-return]
+            return fs.open(path, mode, block_size=STREAM_BLOCK_BYTES)
+        return fs.open(path, mode, encoding="utf-8")
 
     def read_bytes(self) -> bytes:
         fs, path = self.filesystem()
-        return fs.cat_file(path)  # type: ignore[no-any-return]
+        return fs.cat_file(path)
 
     def total_bytes(self) -> int:
         fs, path = self.filesystem()
