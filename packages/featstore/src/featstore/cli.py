@@ -14,10 +14,8 @@ import click
 from featstore import __version__
 from featstore.errors import FeatstoreError
 from featstore.ingest import dask_client, default_workers, ingest
-from featstore.inspection import format_inspection, inspect_store, inspection_summary
 from featstore.layout import IngestSettings
 from featstore.reader import open_store
-from featstore.report import write_html, write_plots
 from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.summary import format_summary, summarize
@@ -184,6 +182,9 @@ def inspect_command(
     keep_dashboard: bool,
 ) -> None:
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
+    from featstore.inspection import format_inspection, inspect_store, inspection_summary  # dask.array: slow import
+    from featstore.report import write_html, write_plots  # matplotlib: slow import
+
     opened = open_store(store)
     with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
