@@ -50,7 +50,9 @@ def test_a_mislabelled_clip_is_a_speaking_rate_outlier(corpus: SampleCorpus, tmp
     quiet_ingest(copy, tmp_path / "s.zarr", shard_selection={1}, workers=1)
     with dask.config.set(scheduler="threads"):
         inspection = inspect_store(open_store(tmp_path / "s.zarr"))
-    assert [o["audio_filepath"] for o in inspection.outliers] == [records[4]["audio_filepath"]]
+    worst = inspection.outliers[0]  # listed most extreme first
+    assert worst["audio_filepath"] == records[4]["audio_filepath"]
+    assert worst["z"] > 2 * max([abs(o["z"]) for o in inspection.outliers[1:]] + [0])
 
 
 def chromium() -> str:

@@ -200,8 +200,7 @@ def inspect_command(
             for line in format_inspection(summary):
                 click.echo(line)
         if keep_dashboard:
-            click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True)
-            wait_for_interrupt()
+            wait_for_interrupt(lambda: click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True))
 
 
 @main.command("verify")
@@ -230,17 +229,16 @@ def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, de
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
 
-def wait_for_interrupt() -> None:
-    """Block until Ctrl-C (or SIGTERM), then return so the cluster shuts down cleanly."""
+def wait_for_interrupt(announce: Callable[[], None]) -> None:
+    """Announce, then block until Ctrl-C or SIGTERM; return so the cluster shuts down cleanly."""
     import signal
     import threading
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())  # installed before the announcement: no race
+    announce()
+    while not stop.wait(0.5):
         pass
 
 
