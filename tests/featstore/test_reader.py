@@ -53,6 +53,18 @@ def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
         np.testing.assert_array_equal(store.audio(i), samples.astype(np.float32) * 0.5)
 
 
+def test_the_consolidated_index_stays_small_and_records_come_from_shards(ingested: tuple[Path, IngestSummary]) -> None:
+    import zarr
+
+    index = zarr.open_group(str(ingested[0]), mode="r")["index"].attrs["featstore_index"]
+    assert "fields" not in index  # per-utterance manifest fields stay in the shard groups
+    store = open_store(ingested[0])
+    last = store.record(len(store) - 1)
+    first = store.record(0)
+    assert last["shard"] == "audio_2" and last["shard_id"] == 2
+    assert first["shard"] == "audio_0" and first["shard_id"] == 0
+
+
 def test_cache_is_bounded(ingested: tuple[Path, IngestSummary]) -> None:
     store = open_store(ingested[0], cache_bytes=1)
     for i in range(len(store)):

@@ -319,6 +319,7 @@ def ingest(
     root, _ = open_root(store, mode="r+")
     todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
     summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
+    completed: dict[str, dict[str, Any]] = {}  # compact index of shards found complete, kept between rebuilds
     if todo:
         _run_tasks(
             todo,
@@ -333,8 +334,9 @@ def ingest(
             dashboard_address,
             echo,
             show_progress,
+            completed,
         )
-    index = consolidate_index(root, scan.rejects)
+    index = consolidate_index(root, scan.rejects, completed)
     _fill_totals(summary, index, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
@@ -353,6 +355,7 @@ def _run_tasks(
     dashboard_address: str,
     echo: Callable[[str], None],
     show_progress: bool,
+    completed: dict[str, dict[str, Any]],
 ) -> None:
     from distributed import as_completed
 
@@ -386,7 +389,7 @@ def _run_tasks(
                 summary.shards_failed[shard.name] = result["reason"]
                 continue
             summary.shards_done.append(shard.name)
-            consolidate_index(root, scan.rejects)
+            consolidate_index(root, scan.rejects, completed)
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
 

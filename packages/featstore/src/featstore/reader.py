@@ -20,7 +20,7 @@ import numcodecs
 import numpy as np
 
 from featstore.errors import FeatstoreError
-from featstore.layout import chunk_key, open_root, read_index
+from featstore.layout import chunk_key, open_root, read_index, shard_summary
 from featstore.storage import Location, locate
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
@@ -52,7 +52,8 @@ class FeatStore(Sequence[Utterance]):
         self.levels_db = np.asarray(index["level_db"], dtype=np.float32)
         self.clipping = np.asarray(index["clipping"], dtype=np.float32)
         self.texts: list[str] = list(index["text"])
-        self._fields: list[dict[str, Any]] = index["fields"]
+        self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
+        self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
         self._codec = numcodecs.Blosc()
         self._fs, self._root = location.filesystem()
@@ -81,12 +82,22 @@ class FeatStore(Sequence[Utterance]):
     def record(self, i: int) -> dict[str, Any]:
         """Every manifest field of utterance `i`, plus its text, shard and stored duration."""
         i = self._check(i)
+        code = int(self.shard_codes[i])
         return {
-            **self._fields[i],
+            **self._shard_fields(code)[i - int(self._shard_starts[code])],
             "text": self.texts[i],
             "shard": self.shard_names[self.shard_codes[i]],
             "stored_duration": float(self.durations[i]),
         }
+
+    def _shard_fields(self, code: int) -> list[dict[str, Any]]:
+        """The manifest fields of one shard's utterances, kept while records of that shard are asked for."""
+        if self._fields[0] != code:
+            summary = shard_summary(open_root(self.location)[0], self.shard_names[code])
+            if summary is None:
+                raise FeatstoreError(f"{self.location.url}: shard {self.shard_names[code]} vanished; reopen the store")
+            self._fields = (code, summary["rows"]["fields"])
+        return self._fields[1]
 
     def audio(self, i: int) -> np.ndarray:
         """Normalized float32 audio of utterance `i`, read from the chunks it spans."""

@@ -35,7 +35,7 @@ def verify_store(path: str | Path, echo: Callable[[str], None] = lambda _: None)
         if summary["clips"] != rows.size:
             raise VerifyError(f"{shard}: the index lists {rows.size} utterances, the shard says {summary['clips']}")
         _check_layout(root, shard, index, rows)
-        checksum = _checksum(store, index, rows)
+        checksum = _checksum(store, index, rows, summary["rows"]["fields"])
         if checksum != summary["checksum"] or checksum != index["checksums"][shard]:
             raise VerifyError(
                 f"{shard}: checksum mismatch (stored {summary['checksum'][:19]}, computed {checksum[:19]})"
@@ -64,10 +64,10 @@ def _check_layout(root: Any, shard: str, index: dict[str, Any], rows: np.ndarray
             raise VerifyError(f"{shard}/{name}: index ends at sample {ends[-1]}, array holds {group[name].shape[0]}")
 
 
-def _checksum(store: Any, index: dict[str, Any], rows: np.ndarray) -> str:
-    """The writer's checksum, recomputed from what a reader sees."""
+def _checksum(store: Any, index: dict[str, Any], rows: np.ndarray, fields: list[dict[str, Any]]) -> str:
+    """The writer's checksum, recomputed from what a reader sees: audio, index columns, shard fields."""
     digest = hashlib.sha256()
-    for i in rows.tolist():
-        row = {column: index[column][i] for column in INDEX_COLUMNS if column != "shard"}
-        hash_utterance(digest, store.raw_audio(i), row)
+    for position, i in enumerate(rows.tolist()):
+        row = {column: index[column][i] for column in INDEX_COLUMNS[1:]}
+        hash_utterance(digest, store.raw_audio(i), {**row, "fields": fields[position]})
     return "sha256:" + digest.hexdigest()
