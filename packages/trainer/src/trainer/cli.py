@@ -1,0 +1,262 @@
+"""The `trainer` command: options in, library calls out. User errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from featstore import FeatstoreError
+from trainer.config import DEFAULT_BASE, BatchOptions, FinetuneOptions, RunConfig, TextOptions
+from trainer.errors import TrainerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULTS = RunConfig(store="")
+PATH = click.Path(path_type=Path)
+
+
+def user_errors(command: F) -> F:
+    """Turn TrainerError / FeatstoreError into `error: ...` on stderr and exit 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (TrainerError, FeatstoreError) as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted: the last completed step is checkpointed; continue with trainer fit --out RUN --resume",
+                err=True,
+            )
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def batch_options(max_batch_seconds: float | None, batch_size: int) -> BatchOptions:
+    """--max-batch-seconds, when given, replaces the fixed --batch-size."""
+    if max_batch_seconds is not None:
+        return BatchOptions(max_batch_seconds=max_batch_seconds, batch_size=None)
+    return BatchOptions(batch_size=batch_size)
+
+
+@click.group(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Fine-tune wav2vec2-family models with LoRA (or fully) and CTC from a featstore store."""
+
+
+@main.command("fit")
+@click.option("--store", type=PATH, help="Training store (featstore). Not needed with --resume.")
+@click.option(
+    "--eval-store", type=PATH, help="Store evaluated every --eval-steps (WER/CER); picks the best checkpoint."
+)
+@click.option("--out", required=True, type=PATH, help="Run directory to create (or continue with --resume).")
+@click.option("--base-model", default=DEFAULT_BASE, help="Hub id, local model directory, or tiny-random.")
+@click.option(
+    "--finetune", type=click.Choice(["lora", "full"]), default="lora", help="Train a LoRA adapter or every weight."
+)
+@click.option("--lora-r", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_r)
+@click.option("--lora-alpha", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_alpha)
+@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.finetune.lora_dropout)
+@click.option(
+    "--lora-targets",
+    default=",".join(DEFAULTS.finetune.target_modules),
+    help="Comma-separated module names that get LoRA.",
+)
+@click.option(
+    "--train-feature-encoder/--freeze-feature-encoder",
+    default=False,
+    help="With --finetune full: train the convolutional front end too.",
+)
+@click.option(
+    "--strip-punctuation/--keep-punctuation",
+    default=DEFAULTS.text.strip_punctuation,
+    help="Drop punctuation from the text before building labels.",
+)
+@click.option(
+    "--max-batch-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Fill batches up to this much padded audio (replaces --batch-size).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.batch.batch_size,
+    help="Utterances per batch per process.",
+)
+@click.option(
+    "--grad-accum", type=click.IntRange(min=1), default=DEFAULTS.grad_accum, help="Batches per optimizer step."
+)
+@click.option("--lr", "learning_rate", type=float, default=DEFAULTS.learning_rate, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+@click.option(
+    "--warmup-ratio",
+    type=click.FloatRange(0, 1),
+    default=DEFAULTS.warmup_ratio,
+    help="Fraction of steps of linear warm-up (then linear decay).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["linear", "constant"]),
+    default=DEFAULTS.schedule,
+    help="After warm-up: linear decay to zero, or constant.",
+)
+@click.option("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, help="Gradient clipping norm.")
+@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs)
+@click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps to train (replaces --epochs).")
+@click.option(
+    "--eval-steps",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.eval_steps,
+    help="Evaluate and checkpoint every N steps.",
+)
+@click.option("--logging-steps", type=click.IntRange(min=1), default=DEFAULTS.logging_steps)
+@click.option(
+    "--keep-best",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.keep_best,
+    help="Checkpoints kept (best by eval WER), plus the latest.",
+)
+@click.option("--seed", type=int, default=DEFAULTS.seed)
+@click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS.workers, help="DataLoader worker processes.")
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=DEFAULTS.gradient_checkpointing)
+@click.option(
+    "--mixed-precision/--no-mixed-precision", default=DEFAULTS.mixed_precision, help="bf16 (or fp16) autocast on CUDA."
+)
+@click.option("--device", default=DEFAULTS.device, help="auto picks cuda, then mps, then cpu.")
+@click.option(
+    "--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, with its saved settings."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@user_errors
+def fit_command(
+    store: Path | None,
+    eval_store: Path | None,
+    out: Path,
+    base_model: str,
+    finetune: str,
+    lora_r: int,
+    lora_alpha: int,
+    lora_dropout: float,
+    lora_targets: str,
+    train_feature_encoder: bool,
+    strip_punctuation: bool,
+    max_batch_seconds: float | None,
+    batch_size: int,
+    resume: bool,
+    overwrite: bool,
+    **training: Any,
+) -> None:
+    """Train a run directory: processor, adapter (or model), checkpoints, metrics."""
+    from trainer.fit import fit  # torch and transformers load only for commands that need them
+
+    if store is None and not resume:
+        raise TrainerError("--store is required (unless continuing a run with --resume)")
+    targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
+    config = RunConfig(
+        store=str(store or ""),
+        eval_store=str(eval_store) if eval_store else None,
+        base_model=base_model,
+        finetune=FinetuneOptions(finetune, lora_r, lora_alpha, lora_dropout, targets, train_feature_encoder),
+        text=TextOptions(strip_punctuation),
+        batch=batch_options(max_batch_seconds, batch_size),
+        **training,
+    )
+    result = fit(config, out, resume=resume, overwrite=overwrite)
+    if result.best is not None:
+        click.echo(
+            f"best eval at step {int(result.best['step'])}: WER {result.best['wer']:.4f}  CER {result.best['cer']:.4f}"
+        )
+    click.echo(
+        f"trained {result.steps} steps in {result.seconds:.0f} s; final weights from step {result.final_step} in {out}"
+    )
+
+
+@main.command("evaluate")
+@click.option("--store", required=True, type=PATH, help="Store with transcripts.")
+@click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
+@click.option("--device", default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=0)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_json: bool) -> None:
+    """WER and CER with the adapter and, for LoRA, with the adapter disabled."""
+    from trainer.evaluate import evaluate_run
+
+    results = evaluate_run(run_dir, store, device, workers)
+    if as_json:
+        click.echo(json.dumps({name: asdict(scores) for name, scores in results.items()}))
+        return
+    for name, scores in results.items():
+        click.echo(f"{name:8s} WER {scores.wer:.4f}  CER {scores.cer:.4f}  ({scores.utterances} utterances)")
+
+
+@main.command("transcribe")
+@click.option("--store", required=True, type=PATH)
+@click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
+@click.option("--out", required=True, type=PATH, help="CSV to write: audio_filepath, manifest fields, prediction.")
+@click.option("--device", default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=0)
+@user_errors
+def transcribe_command(store: Path, run_dir: Path, out: Path, device: str, workers: int) -> None:
+    """Transcribe every utterance of a store (text may be empty) into a CSV."""
+    from trainer.transcribe import transcribe_store
+
+    rows = transcribe_store(run_dir, store, out, device, workers)
+    click.echo(f"wrote {rows} transcripts to {out}")
+
+
+@main.command("export")
+@click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
+@click.option("--out", required=True, type=PATH, help="Directory for the standalone model and processor.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@user_errors
+def export_command(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Merge the adapter into the base: a model directory transformers.pipeline loads."""
+    from trainer.export import export_run
+
+    export_run(run_dir, out, overwrite)
+    click.echo(f"exported to {out}")
+
+
+@main.command("plan")
+@click.option("--store", required=True, type=PATH)
+@click.option(
+    "--max-batch-seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Fill batches up to this much padded audio.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=DEFAULTS.batch.batch_size,
+    help="Utterances per batch (without --max-batch-seconds).",
+)
+@click.option("--world-size", type=click.IntRange(min=1), default=1, help="Processes the epoch is split across.")
+@click.option("--seed", type=int, default=0)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@user_errors
+def plan_command(
+    store: Path, max_batch_seconds: float | None, batch_size: int, world_size: int, seed: int, as_json: bool
+) -> None:
+    """What the length-grouped sampler does with these settings (no model is loaded)."""
+    from trainer.plan import format_plan, plan_store
+
+    plan = plan_store(store, batch_options(max_batch_seconds, batch_size), seed, world_size)
+    if as_json:
+        click.echo(json.dumps(plan))
+    else:
+        for line in format_plan(plan):
+            click.echo(line)
+
+
+if __name__ == "__main__":
+    main()

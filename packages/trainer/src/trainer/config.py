@@ -1,0 +1,109 @@
+"""A run's settings as plain, frozen data: parsed once from the command line, saved as run.json.
+
+Nothing here imports torch or transformers, so `trainer --help` and `trainer plan` start fast.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from featstore.sampler import DurationBucketSampler, for_store
+
+if TYPE_CHECKING:
+    from featstore import FeatStore
+
+TINY_RANDOM = "tiny-random"
+DEFAULT_BASE = "facebook/wav2vec2-large-xlsr-53"
+# Unicode punctuation and symbols except the apostrophe, which is a letter in many orthographies.
+_PUNCTUATION = re.compile(r"[^\w\s']|_")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str, strip_punctuation: bool = False) -> str:
+    """Lower-case and collapse whitespace, like featstore's `text`; optionally drop punctuation."""
+    text = unicodedata.normalize("NFC", text).lower()
+    if strip_punctuation:
+        text = _PUNCTUATION.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+@dataclass(frozen=True)
+class TextOptions:
+    """How store text becomes labels; saved in the run so evaluation normalizes the same way."""
+
+    strip_punctuation: bool = False
+
+    def normalize(self, text: str) -> str:
+        return normalize_text(text, self.strip_punctuation)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Batch shape: up to `max_batch_seconds` of padded audio, or `batch_size` utterances."""
+
+    max_batch_seconds: float | None = None
+    batch_size: int | None = 2  # the notebook's per-device batch
+
+    def sampler(self, store: FeatStore, **options: Any) -> DurationBucketSampler:
+        """featstore's length-grouped sampler over `store` with these settings."""
+        if self.max_batch_seconds is not None:
+            return for_store(store, max_batch_seconds=self.max_batch_seconds, **options)
+        return for_store(store, batch_size=self.batch_size, **options)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """What trains. Defaults are the notebook's LoRA settings."""
+
+    method: str = "lora"  # "lora" or "full"
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    train_feature_encoder: bool = False  # --finetune full only
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides what a run trains. Defaults follow the notebook."""
+
+    store: str
+    eval_store: str | None = None
+    base_model: str = DEFAULT_BASE
+    finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+    text: TextOptions = field(default_factory=TextOptions)
+    batch: BatchOptions = field(default_factory=BatchOptions)
+    grad_accum: int = 4
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    schedule: str = "linear"  # after warm-up: "linear" decay to zero, or "constant"
+    max_grad_norm: float = 1.0
+    epochs: int = 15
+    max_steps: int | None = None
+    eval_steps: int = 200
+    logging_steps: int = 50
+    keep_best: int = 2
+    seed: int = 0
+    workers: int = 0
+    gradient_checkpointing: bool = True
+    mixed_precision: bool = True
+    device: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunConfig:
+        finetune = dict(data["finetune"], target_modules=tuple(data["finetune"]["target_modules"]))
+        return cls(
+            **{
+                **data,
+                "finetune": FinetuneOptions(**finetune),
+                "text": TextOptions(**data["text"]),
+                "batch": BatchOptions(**data["batch"]),
+            }
+        )

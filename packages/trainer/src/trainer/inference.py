@@ -1,0 +1,73 @@
+"""Shared by fit, evaluate and transcribe: pick a device, run greedy CTC decoding, score text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import jiwer
+import torch
+from transformers import Wav2Vec2Processor
+
+from trainer.vocab import decode_labels, decode_predictions
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """cuda (this process's GPU under torchrun), then mps, then cpu; or what `name` says."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Transcript:
+    index: int
+    reference: str
+    prediction: str
+
+
+@torch.no_grad()
+def transcribe_batches(
+    model: torch.nn.Module, batches: Iterable[dict[str, Any]], processor: Wav2Vec2Processor, device: torch.device
+) -> list[Transcript]:
+    """Greedy CTC transcripts (argmax, merge repeats, drop blanks), in the order of `batches`."""
+    was_training = model.training
+    model.eval()
+    results: list[Transcript] = []
+    for batch in batches:
+        logits = model(
+            input_values=batch["input_values"].to(device), attention_mask=batch["attention_mask"].to(device)
+        ).logits
+        predictions = decode_predictions(processor, logits.argmax(dim=-1).cpu().tolist())
+        for index, labels, prediction in zip(
+            batch["indices"].tolist(), batch["labels"].tolist(), predictions, strict=True
+        ):
+            results.append(Transcript(index, decode_labels(processor, labels), prediction))
+    model.train(was_training)
+    return results
+
+
+@dataclass(frozen=True)
+class Scores:
+    wer: float
+    cer: float
+    utterances: int
+
+
+def score(transcripts: list[Transcript]) -> Scores:
+    """Corpus-level WER and CER over the transcripts that have a reference."""
+    scored = [t for t in transcripts if t.reference]
+    if not scored:
+        return Scores(wer=float("nan"), cer=float("nan"), utterances=0)
+    references = [t.reference for t in scored]
+    predictions = [t.prediction for t in scored]
+    return Scores(
+        wer=float(jiwer.process_words(references, predictions).wer),
+        cer=float(jiwer.process_characters(references, predictions).cer),
+        utterances=len(scored),
+    )

@@ -1,0 +1,166 @@
+"""The run directory: a versioned contract between `fit` and evaluate/transcribe/export.
+
+runs/x/
+  run.json          {"format": "trainer-run", "format_version": 1, "config": {...}, "final": ...}
+  processor/        the Wav2Vec2Processor (vocab.json, tokenizer and feature-extractor configs)
+  base/             the tiny-random base weights (hub and local bases are referenced by name)
+  adapter/          LoRA: the final adapter + CTC head, loadable with PeftModel.from_pretrained
+  model/            --finetune full: the final model and processor, loadable with from_pretrained
+  checkpoints/step-NNNNNN/state.pt   resumable training state (best K by eval WER + the latest)
+  metrics.jsonl, metrics.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2Vec2Processor
+
+from trainer.config import TINY_RANDOM, RunConfig
+from trainer.errors import TrainerError
+from trainer.model import load_adapter, load_base
+from trainer.vocab import load_processor
+
+FORMAT_NAME = "trainer-run"
+FORMAT_VERSION = 1
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Paths inside a run directory."""
+
+    path: Path
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def processor(self) -> Path:
+        return self.path / "processor"
+
+    @property
+    def base(self) -> Path:
+        return self.path / "base"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def model(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.path / "metrics.png"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:06d}"
+
+    def checkpoint_steps(self) -> list[int]:
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(int(p.name.split("-")[1]) for p in self.checkpoints.glob("step-*") if (p / "state.pt").is_file())
+
+
+def read_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
+    """Open a run directory written by a compatible trainer, or fail with one line."""
+    run = RunDir(Path(path))
+    if not run.run_file.is_file():
+        raise TrainerError(f"{path}: not a trainer run directory (no {RUN_FILE}); train one with trainer fit")
+    try:
+        meta = json.loads(run.run_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise TrainerError(f"{run.run_file}: not valid JSON; the run directory is damaged") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise TrainerError(f"{path}: {RUN_FILE} is not a trainer run description")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TrainerError(
+            f"{path}: run format version {meta.get('format_version')} is not supported by this trainer "
+            f"(format {FORMAT_VERSION}); use the trainer version that wrote it or train again"
+        )
+    try:
+        RunConfig.from_json(meta["config"])
+    except (KeyError, TypeError) as error:
+        raise TrainerError(f"{path}: {RUN_FILE} does not match this trainer's settings ({error})") from None
+    return run, meta
+
+
+def run_config(meta: dict[str, Any]) -> RunConfig:
+    return RunConfig.from_json(meta["config"])
+
+
+def write_run_file(run: RunDir, config: RunConfig, **extra: Any) -> None:
+    """Write run.json atomically (a reader never sees half of it)."""
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_json(), **extra}
+    write_atomic(run.run_file, json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def claim_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber: a new run needs a missing or empty directory unless --overwrite.
+
+    --overwrite only deletes a directory that holds a run.json, never an arbitrary folder.
+    """
+    run = RunDir(path)
+    if resume:
+        read_run(path)
+        return
+    if path.exists() and not path.is_dir():
+        raise TrainerError(f"{path} exists and is not a directory; choose another --out")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise TrainerError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
+        if not run.run_file.is_file():
+            raise TrainerError(f"{path} is not a trainer run directory; refusing to delete it with --overwrite")
+
+
+def reset_run_dir(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def load_base_for_run(run: RunDir, config: RunConfig, processor: Wav2Vec2Processor) -> PreTrainedModel:
+    """The base model a run started from: saved tiny-random weights or the named base."""
+    if config.base_model == TINY_RANDOM:
+        return Wav2Vec2ForCTC.from_pretrained(str(run.base.resolve()))
+    tokenizer = processor.tokenizer
+    return load_base(config.base_model, len(tokenizer), tokenizer.pad_token_id)
+
+
+def load_trained(path: Path, device: torch.device) -> tuple[torch.nn.Module, Wav2Vec2Processor, RunConfig]:
+    """The final model of a finished run (PeftModel for LoRA), in eval mode, and its processor."""
+    run, meta = read_run(path)
+    config = run_config(meta)
+    final = run.adapter if config.finetune.method == "lora" else run.model
+    if not final.is_dir():
+        raise TrainerError(f"{path}: the run has no final weights ({final.name}/); finish it with trainer fit --resume")
+    processor = load_processor(run.processor)
+    if config.finetune.method == "lora":
+        model: torch.nn.Module = load_adapter(load_base_for_run(run, config, processor), final)
+    else:
+        model = AutoModelForCTC.from_pretrained(str(final))
+    return model.to(device).eval(), processor, config

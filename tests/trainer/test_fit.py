@@ -1,0 +1,62 @@
+"""The training loop: an interrupted run resumes exactly; checkpoints, metrics and plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.fit import fit
+from trainer.metrics import read_metrics
+from trainer.model import trainable_state
+from trainer.run import RunDir, read_run
+
+from helpers import tiny_lora_config
+
+
+def _stop_at(step: int):
+    def on_step(current: int) -> None:
+        if current == step:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+def test_interrupted_fit_resumes_exactly(stores, tmp_path: Path) -> None:
+    # Accumulation, LoRA dropout (RNG) and a prefetching worker: all must line up after resume.
+    config = tiny_lora_config(
+        stores.small, eval_store=str(stores.small), grad_accum=2, max_steps=6, eval_steps=2, workers=1, warmup_ratio=0.3
+    )
+    straight = fit(config, tmp_path / "straight")
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed", on_step=_stop_at(3))
+    run = RunDir(tmp_path / "resumed")
+    assert run.checkpoint_steps() == [2, 3]  # step 3 saved on the way out
+    resumed = fit(tiny_lora_config(stores.small, max_steps=1), tmp_path / "resumed", resume=True)  # saved settings win
+
+    assert resumed.steps == straight.steps == 6
+    expected, actual = trainable_state(straight.model), trainable_state(resumed.model)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+    losses = lambda path: [(r["step"], r["loss"]) for r in read_metrics(RunDir(path).metrics) if "loss" in r]  # noqa: E731
+    assert [s for s, _ in losses(tmp_path / "resumed")] == list(range(1, 7))
+    for (_, a), (_, b) in zip(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_fit_keeps_best_checkpoints_metrics_and_plot(stores, tmp_path: Path) -> None:
+    config = tiny_lora_config(stores.small, eval_store=str(stores.small), max_steps=8, eval_steps=2, keep_best=1)
+    result = fit(config, tmp_path / "run")
+    run, meta = read_run(tmp_path / "run")
+    evaluations = [r for r in read_metrics(run.metrics) if "eval_wer" in r]
+    assert [r["step"] for r in evaluations] == [2, 4, 6, 8]
+    best = min(evaluations, key=lambda r: (r["eval_wer"], r["eval_cer"], -r["step"]))
+    assert set(run.checkpoint_steps()) == {best["step"], 8}  # best K=1 plus the latest
+    assert meta["status"] == "finished" and meta["final_step"] == best["step"] == result.final_step
+    assert run.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run.processor / "vocab.json").is_file() and (run.adapter / "adapter_model.safetensors").is_file()
+    assert json.loads(run.run_file.read_text())["config"]["finetune"]["lora_r"] == 8

@@ -1,0 +1,51 @@
+"""Vocabulary and processor: every store text encodes to labels that decode back exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from featstore import open_store
+from trainer.config import normalize_text
+from trainer.errors import TrainerError
+from trainer.vocab import (
+    PAD,
+    UNK,
+    WORD_DELIMITER,
+    build_processor,
+    build_vocab,
+    decode_labels,
+    encode_labels,
+    load_processor,
+)
+
+
+def test_store_text_round_trips_through_saved_processor(stores, tmp_path: Path) -> None:
+    texts = open_store(stores.train).texts
+    vocab = build_vocab(texts)
+    build_processor(vocab, tmp_path).save_pretrained(str(tmp_path))
+    processor = load_processor(tmp_path)
+    assert processor.tokenizer.bos_token is None and processor.tokenizer.eos_token is None
+    for text in texts:
+        assert decode_labels(processor, encode_labels(processor, text)) == text
+
+
+def test_repeated_characters_survive_decoding(tmp_path: Path) -> None:
+    processor = build_processor(build_vocab(["hello all"]), tmp_path)
+    assert decode_labels(processor, encode_labels(processor, "hello all")) == "hello all"
+
+
+def test_vocab_is_sorted_characters_then_delimiter_unk_pad() -> None:
+    vocab = build_vocab(["ba c", "ab"])
+    assert list(vocab) == ["a", "b", "c", WORD_DELIMITER, UNK, PAD]
+
+
+def test_normalization_lowercases_and_optionally_strips_punctuation() -> None:
+    assert normalize_text("  Hello,   World! ") == "hello, world!"
+    assert normalize_text("Hello, World! It's", strip_punctuation=True) == "hello world it's"
+
+
+def test_text_without_characters_is_a_user_error() -> None:
+    with pytest.raises(TrainerError, match="no characters"):
+        build_vocab(["", " "])
