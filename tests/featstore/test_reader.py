@@ -134,6 +134,12 @@ def test_ranks_split_an_epoch_without_dropping_or_repeating(world_size: int) -> 
     assert everything == list(range(401))
 
 
+def test_an_epoch_too_small_for_the_ranks_is_an_error_not_a_hang() -> None:
+    sampler = DurationBucketSampler(np.array([1.0, 2.0]), batch_size=1, world_size=3)
+    with pytest.raises(ValueError, match="cannot be split evenly across 3 ranks"):
+        sampler.rank_batches()
+
+
 def test_plan_reports_low_padding_for_store_buckets(ingested: tuple[Path, IngestSummary]) -> None:
     store: FeatStore = open_store(ingested[0])
     plan = for_store(store, max_batch_seconds=30).plan()

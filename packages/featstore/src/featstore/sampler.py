@@ -58,6 +58,7 @@ class DurationBucketSampler:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        sample_rate: int = 16_000,
     ) -> None:
         if (max_batch_seconds is None) == (batch_size is None):
             raise ValueError("give exactly one of max_batch_seconds and batch_size")
@@ -74,6 +75,7 @@ class DurationBucketSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.sample_rate = sample_rate
         self.epoch = 0
         self._start = 0  # batches of this rank already yielded in this epoch (for resume)
 
@@ -130,7 +132,7 @@ class DurationBucketSampler:
             max_batch_seconds=float(seconds.max()),
             mean_batch_size=float(sizes.mean()),
             max_batch_size=int(sizes.max()),
-            max_batch_samples=int(padded.max() * 16_000),
+            max_batch_samples=int(padded.max() * self.sample_rate),
             padding_fraction=float(1 - seconds.sum() / padded.sum()),
         )
 
@@ -166,7 +168,12 @@ class DurationBucketSampler:
 def for_store(store: Any, **options: Any) -> DurationBucketSampler:
     """A sampler over a `featstore.FeatStore` that follows its storage layout."""
     return DurationBucketSampler(
-        store.durations, buckets=store.buckets, positions=store.offsets, groups=store.shard_codes, **options
+        store.durations,
+        buckets=store.buckets,
+        positions=store.offsets,
+        groups=store.shard_codes,
+        sample_rate=store.sample_rate,
+        **options,
     )
 
 
@@ -178,11 +185,17 @@ def _quantile_buckets(durations: np.ndarray, num_buckets: int) -> np.ndarray:
 
 
 def _divisible(batches: list[list[int]], world_size: int) -> list[list[int]]:
-    """Split the largest batches until every rank gets the same number, keeping every index once."""
+    """Split the largest batches until every rank gets the same number, keeping every index once.
+
+    Ranks with unequal step counts would wait for each other forever, so an epoch that cannot be
+    split evenly (fewer utterances than ranks) is an error, not a hang.
+    """
     batches = list(batches)
     while len(batches) % world_size and any(len(b) > 1 for b in batches):
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))
         batch = batches.pop(largest)
         half = len(batch) // 2
         batches[largest:largest] = [batch[:half], batch[half:]]
+    if len(batches) % world_size:
+        raise ValueError(f"{sum(map(len, batches))} utterances cannot be split evenly across {world_size} ranks")
     return batches
