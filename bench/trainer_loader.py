@@ -1,0 +1,376 @@
+"""Loader throughput: store -> padded batch (trainer) against the notebook's Arrow path.
+
+Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader with one worker
+(num_workers=1), one full epoch, each path in its own child process, in the same run:
+
+- ours: `trainer.data.StoreDataset` + `trainer.data.collate` with
+  `featstore.sampler.for_store(store, max_batch_seconds=S, seed=0)` (`trainer.data.make_loader`);
+- notebook: the same utterances (store.audio(i), already normalized float32, and the same label
+  ids) written with `datasets.Dataset.from_dict({"input_values": ..., "labels": ...})`
+  (list<float32> / list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
+  `load_from_disk` (no format set, like `Trainer`), batched by transformers' `LengthGroupedSampler`
+  (batch size chosen so batches per epoch match ours) and padded by the notebook's
+  `DataCollatorCTCWithPadding` (feature_extractor.pad + tokenizer.pad, labels masked to -100).
+  Its lengths are given to the sampler precomputed; the `Trainer` would instead infer them by
+  reading every row of the dataset (`len(row["input_values"])`): that one-off cost is timed
+  separately (`--infer-lengths`), not counted in the epoch.
+
+Peak RSS is the sum over the child process and its DataLoader worker, sampled every 20 ms;
+"flat" compares the tree RSS over the last quarter of the epoch's batches with the first quarter.
+
+`--train K` also times K training steps (forward, backward, AdamW) of the trainer's
+`tiny-random` Wav2Vec2ForCTC on CPU fed by each loader, and the time each step waited for data.
+
+    /work/venv311/bin/python bench/trainer_loader.py /tmp/proto/big.zarr --seconds 100 --train 10 \
+        --json bench/out/trainer-loader.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+SR = 16_000
+
+
+def tree_rss() -> int:
+    me = psutil.Process()
+    total = 0
+    for p in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            total += p.memory_info().rss
+    return total
+
+
+class Monitor:
+    def __init__(self, interval: float = 0.02) -> None:
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def processor_for(store: Any, directory: Path) -> Any:
+    from trainer.config import TextOptions
+    from trainer.vocab import build_processor, build_vocab
+
+    text = TextOptions()
+    return build_processor(build_vocab(text.normalize(t) for t in store.texts), directory)
+
+
+@dataclass
+class DataCollatorCTCWithPadding:
+    """The notebook's collator (transformers 5: tokenizer.pad directly, no as_target_processor)."""
+
+    processor: Any
+    padding: bool | str = True
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        input_features = [{"input_values": feature["input_values"]} for feature in features]
+        label_features = [{"input_ids": feature["labels"]} for feature in features]
+        batch = self.processor.feature_extractor.pad(input_features, padding=self.padding, return_tensors="pt")
+        labels_batch = self.processor.tokenizer.pad(label_features, padding=self.padding, return_tensors="pt")
+        labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
+        batch["labels"] = labels
+        return batch
+
+
+class _LeanDataset:
+    """Diagnostic only (not the trainer's code): labels encoded once up front, int16 + scale sent
+    from the worker, float conversion and attention mask built in the main process."""
+
+    def __init__(self, path: str, labels: list[list[int]]) -> None:
+        self.path, self.labels, self._store = path, labels, None
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, float, list[int]]:
+        import featstore
+
+        if self._store is None:
+            self._store = featstore.open_store(self.path)
+        return self._store.raw_audio(i), float(self._store.scales[i]), self.labels[i]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _lean_collate(items: list[tuple[np.ndarray, float, list[int]]]) -> dict[str, Any]:
+    import torch
+
+    lengths = np.array([a.size for a, _, _ in items])
+    audio = np.zeros((len(items), lengths.max()), dtype=np.int16)
+    labels = np.full((len(items), max(len(ids) for _, _, ids in items)), -100, dtype=np.int64)
+    for row, (a, _, ids) in enumerate(items):
+        audio[row, : a.size] = a
+        labels[row, : len(ids)] = ids
+    scales = np.array([s for _, s, _ in items], dtype=np.float32)
+    return {
+        "audio": torch.from_numpy(audio),
+        "scales": torch.from_numpy(scales),
+        "lengths": torch.from_numpy(lengths),
+        "labels": torch.from_numpy(labels),
+    }
+
+
+class LeanLoader:
+    def __init__(self, path: str, processor: Any, sampler: Any) -> None:
+        import torch
+        from torch.utils.data import DataLoader
+
+        import featstore
+        from trainer.config import TextOptions
+
+        store = featstore.open_store(path)
+        vocab = processor.tokenizer.get_vocab()
+        unk, delim = vocab["[UNK]"], vocab["|"]
+        text = TextOptions()
+        labels = [[delim if c == " " else vocab.get(c, unk) for c in text.normalize(t)] for t in store.texts]
+        self.loader = DataLoader(
+            _LeanDataset(path, labels),
+            batch_sampler=sampler,
+            collate_fn=_lean_collate,
+            num_workers=1,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+    def __iter__(self) -> Any:
+        import torch
+
+        for b in self.loader:
+            audio = b["audio"].to(torch.float32) * b["scales"][:, None]
+            mask = torch.arange(audio.shape[1])[None, :] < b["lengths"][:, None]
+            yield {"input_values": audio, "attention_mask": mask.long(), "labels": b["labels"]}
+
+
+def build_arrow(store_path: str, arrow_dir: Path, proc_dir: Path) -> dict[str, Any]:
+    import datasets
+
+    import featstore
+    from trainer.config import TextOptions
+    from trainer.vocab import encode_labels
+
+    store = featstore.open_store(store_path)
+    processor = processor_for(store, proc_dir)
+    text = TextOptions()
+    t0 = time.perf_counter()
+    audio = [store.audio(i) for i in range(len(store))]
+    labels = [encode_labels(processor, text.normalize(store.texts[i])) for i in range(len(store))]
+    t1 = time.perf_counter()
+    features = datasets.Features(
+        {
+            "input_values": datasets.Sequence(datasets.Value("float32")),
+            "labels": datasets.Sequence(datasets.Value("int64")),
+        }
+    )
+    ds = datasets.Dataset.from_dict({"input_values": audio, "labels": labels}, features=features)
+    ds.save_to_disk(str(arrow_dir))
+    t2 = time.perf_counter()
+    size = sum(f.stat().st_size for f in arrow_dir.rglob("*") if f.is_file())
+    return {"read_store_s": t1 - t0, "from_dict_save_s": t2 - t1, "arrow_bytes": size}
+
+
+def child(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    import featstore
+    from featstore.sampler import for_store
+
+    torch.set_num_threads(1)
+    store = featstore.open_store(args.store)
+    durations = np.asarray(store.durations)
+    sampler = for_store(store, max_batch_seconds=args.seconds, seed=0)
+    n_batches = len(sampler)
+    processor = processor_for(store, Path(args.work) / "processor")
+    extra: dict[str, Any] = {}
+    rss_before = tree_rss()
+    if args.child in ("ours", "ours-w0"):
+        from trainer.config import TextOptions
+        from trainer.data import StoreDataset, make_loader
+
+        dataset = StoreDataset(args.store, processor, TextOptions())
+        loader = make_loader(dataset, sampler, workers=1 if args.child == "ours" else 0)
+        extra["batches_per_epoch"] = n_batches
+    elif args.child == "lean":
+        loader = LeanLoader(args.store, processor, sampler)
+        extra["batches_per_epoch"] = n_batches
+    else:
+        import datasets
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        ds = datasets.load_from_disk(str(Path(args.work) / "arrow"))
+        batch_size = max(1, round(len(store) / n_batches))
+        lengths = [int(round(d * SR)) for d in durations]
+        if args.infer_lengths:
+            t0 = time.perf_counter()
+            inferred = [len(row["input_values"]) for row in ds]
+            extra["trainer_infer_lengths_s"] = time.perf_counter() - t0
+            extra["inferred_lengths_match_durations"] = inferred == lengths
+        lg = LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            ds, batch_size=batch_size, sampler=lg, collate_fn=DataCollatorCTCWithPadding(processor), num_workers=1
+        )
+        extra["batch_size"] = batch_size
+        extra["batches_per_epoch"] = (len(store) + batch_size - 1) // batch_size
+
+    model = opt = None
+    if args.train:
+        from trainer.model import build_tiny_random
+
+        model = build_tiny_random(len(processor.tokenizer), processor.tokenizer.pad_token_id, seed=0)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    audio_s = 0.0
+    batches = 0
+    rss_per_batch: list[int] = []
+    wait: list[float] = []
+    step: list[float] = []
+    with Monitor() as mon:
+        t0 = time.perf_counter()
+        last = t0
+        for batch in loader:
+            now = time.perf_counter()
+            wait.append(now - last)
+            batches += 1
+            audio_s += float(batch["attention_mask"].sum()) / SR
+            rss_per_batch.append(tree_rss())
+            if model is not None and batches <= args.train:
+                s0 = time.perf_counter()
+                out = model(
+                    input_values=batch["input_values"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+                )
+                out.loss.backward()
+                opt.step()
+                opt.zero_grad()
+                step.append(time.perf_counter() - s0)
+                if batches == args.train:
+                    # the rest of the epoch measures the loader alone
+                    t_train_end = time.perf_counter()
+                    audio_after_train = audio_s
+                    batches_after_train = batches
+            last = time.perf_counter()
+        wall = time.perf_counter() - t0
+    q = max(1, len(rss_per_batch) // 4)
+    result = {
+        "path": args.child,
+        "batches": batches,
+        "audio_s": audio_s,
+        "wall_s": wall,
+        "audio_s_per_s": audio_s / wall,
+        "loader_s_per_batch": wall / batches,
+        "rss_before_loader_mb": rss_before / 2**20,
+        "peak_tree_rss_mb": mon.peak / 2**20,
+        "rss_first_quarter_max_mb": max(rss_per_batch[:q]) / 2**20,
+        "rss_last_quarter_max_mb": max(rss_per_batch[-q:]) / 2**20,
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }
+    if model is not None and step:
+        # loader-only throughput over the batches after training (epoch otherwise includes steps)
+        rest_wall = wall - (t_train_end - t0)
+        result.update(
+            {
+                "train_steps": len(step),
+                "train_step_s_mean": float(np.mean(step)),
+                "train_step_s_median": float(np.median(step)),
+                "train_wait_for_data_s_mean": float(np.mean(wait[1 : len(step)])) if len(step) > 1 else None,
+                "first_batch_s": wait[0],
+                "loader_only_audio_s_per_s": (audio_s - audio_after_train) / rest_wall
+                if batches > batches_after_train
+                else None,
+            }
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("store")
+    parser.add_argument("--seconds", type=float, default=100)
+    parser.add_argument("--work", default="/tmp/trainer-loader-bench")
+    parser.add_argument("--train", type=int, default=0)
+    parser.add_argument("--infer-lengths", action="store_true")
+    parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--paths", nargs="+", default=["ours", "notebook"])
+    parser.add_argument("--json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        print("RESULT " + json.dumps(child(args)), flush=True)
+        return
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    prep: dict[str, Any] = {}
+    if args.rebuild or not (work / "arrow" / "dataset_info.json").exists():
+        prep = build_arrow(args.store, work / "arrow", work / "processor")
+        print("arrow prep", json.dumps(prep), flush=True)
+    results = []
+    for path in args.paths:
+        command = [
+            sys.executable,
+            __file__,
+            args.store,
+            "--seconds",
+            str(args.seconds),
+            "--work",
+            str(work),
+            "--train",
+            str(args.train),
+            "--child",
+            path,
+        ]
+        if args.infer_lengths:
+            command.append("--infer-lengths")
+        load = os.getloadavg()[0]
+        out = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode or not lines:
+            print(out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{path} failed")
+        result = json.loads(lines[-1][7:])
+        result["loadavg_before"] = load
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    by = {r["path"]: r for r in results}
+    summary: dict[str, Any] = {
+        "store": args.store,
+        "max_batch_seconds": args.seconds,
+        "arrow_prep": prep,
+        "results": results,
+    }
+    if "ours" in by and "notebook" in by:
+        summary["speedup"] = by["ours"]["audio_s_per_s"] / by["notebook"]["audio_s_per_s"]
+        print(f"speedup ours/notebook: {summary['speedup']:.1f}x", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
