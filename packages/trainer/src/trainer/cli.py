@@ -48,6 +48,21 @@ def batch_options(max_batch_seconds: float | None, batch_size: int) -> BatchOpti
     return BatchOptions(batch_size=batch_size)
 
 
+def batch_size_options(command: F) -> F:
+    """--max-batch-seconds and --batch-size, shared by fit and plan so they size batches alike."""
+    command = click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=DEFAULTS.batch.batch_size,
+        help="Utterances per batch per process (without --max-batch-seconds).",
+    )(command)
+    return click.option(
+        "--max-batch-seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Fill batches up to this much padded audio (replaces --batch-size).",
+    )(command)
+
+
 @click.group(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Fine-tune wav2vec2-family models with LoRA (or fully) and CTC from a featstore store."""
@@ -81,17 +96,7 @@ def main() -> None:
     default=DEFAULTS.text.strip_punctuation,
     help="Drop punctuation from the text before building labels.",
 )
-@click.option(
-    "--max-batch-seconds",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Fill batches up to this much padded audio (replaces --batch-size).",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.batch.batch_size,
-    help="Utterances per batch per process.",
-)
+@batch_size_options
 @click.option(
     "--grad-accum", type=click.IntRange(min=1), default=DEFAULTS.grad_accum, help="Batches per optimizer step."
 )
@@ -229,17 +234,7 @@ def export_command(run_dir: Path, out: Path, overwrite: bool) -> None:
 
 @main.command("plan")
 @click.option("--store", required=True, type=PATH)
-@click.option(
-    "--max-batch-seconds",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Fill batches up to this much padded audio.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=DEFAULTS.batch.batch_size,
-    help="Utterances per batch (without --max-batch-seconds).",
-)
+@batch_size_options
 @click.option("--world-size", type=click.IntRange(min=1), default=1, help="Processes the epoch is split across.")
 @click.option("--seed", type=int, default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
