@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> SampleCorpus:
 def ingested(corpus: SampleCorpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, IngestSummary]:
     out = tmp_path_factory.mktemp("stores") / "feats.zarr"
     return out, quiet_ingest(corpus.split_dir, out)
+
+
+@pytest.fixture
+def store_copy(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> Path:
+    """A private copy of the session store, for tests that change or damage it."""
+    target = tmp_path / "copy.zarr"
+    shutil.copytree(ingested[0], target)
+    return target

@@ -120,31 +120,23 @@ def test_stored_audio_matches_the_feature_extractor_within_60_db(
     assert compared == 12
 
 
-def test_rerun_skips_completed_shards_and_changes_nothing(
-    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
-) -> None:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
-    before = store_content(copy)
-    summary = quiet_ingest(corpus.split_dir, copy)
+def test_rerun_skips_completed_shards_and_changes_nothing(corpus: SampleCorpus, store_copy: Path) -> None:
+    before = store_content(store_copy)
+    summary = quiet_ingest(corpus.split_dir, store_copy)
     assert summary.shards_done == [] and summary.shards_skipped == ["audio_0", "audio_1", "audio_2"]
-    assert store_content(copy) == before
+    assert store_content(store_copy) == before
 
 
-def test_unfinished_shard_is_redone_from_scratch(
-    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
-) -> None:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
-    before = store_content(copy)
-    root, _ = open_root(locate(copy), mode="r+")
+def test_unfinished_shard_is_redone_from_scratch(corpus: SampleCorpus, store_copy: Path) -> None:
+    before = store_content(store_copy)
+    root, _ = open_root(locate(store_copy), mode="r+")
     half_written = root["shards"]["audio_1"]
     half_written.attrs[SHARD_KEY] = {"status": "writing", "source": {}}
     _, first_array = next(iter(half_written.arrays()))
     first_array[:100] = 7  # garbage that a redo must not keep
-    summary = quiet_ingest(corpus.split_dir, copy)
+    summary = quiet_ingest(corpus.split_dir, store_copy)
     assert summary.shards_done == ["audio_1"]
-    assert store_content(copy) == before
+    assert store_content(store_copy) == before
 
 
 @pytest.mark.slow
@@ -189,14 +181,10 @@ def _reached(out: Path, kill_when: str) -> bool:
         return False
 
 
-def test_a_store_from_other_sources_is_refused_without_append(
-    ingested: tuple[Path, IngestSummary], tmp_path: Path
-) -> None:
+def test_a_store_from_other_sources_is_refused_without_append(tmp_path: Path, store_copy: Path) -> None:
     other = write_sample_corpus(tmp_path / "other", shards=1, clips_per_shard=3, seed=9, defects=False, split="val")
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
     with pytest.raises(FeatstoreError, match="different file|other sources"):
-        quiet_ingest(other.split_dir, copy)
+        quiet_ingest(other.split_dir, store_copy)
 
 
 def test_append_adds_new_shards_and_keeps_the_old(corpus: SampleCorpus, tmp_path: Path) -> None:
@@ -217,13 +205,9 @@ def test_overwrite_replaces_the_store(corpus: SampleCorpus, tmp_path: Path) -> N
     assert open_store(out).shard_names == ["audio_2"]
 
 
-def test_changed_settings_are_refused(
-    ingested: tuple[Path, IngestSummary], corpus: SampleCorpus, tmp_path: Path
-) -> None:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
+def test_changed_settings_are_refused(corpus: SampleCorpus, store_copy: Path) -> None:
     with pytest.raises(FeatstoreError, match="min_duration"):
-        quiet_ingest(corpus.split_dir, copy, settings=IngestSettings(min_duration=1.0))
+        quiet_ingest(corpus.split_dir, store_copy, settings=IngestSettings(min_duration=1.0))
 
 
 def _shard_tar(split_dir: Path, shard: int) -> Path:
@@ -299,24 +283,20 @@ def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -
     assert open_store(tmp_path / "partial.zarr").shard_names == ["audio_0", "audio_1"]
 
 
-def test_reader_sees_completed_shards_only(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
-    root, _ = open_root(locate(copy), mode="r+")
+def test_reader_sees_completed_shards_only(store_copy: Path) -> None:
+    root, _ = open_root(locate(store_copy), mode="r+")
     root["shards"]["audio_1"].attrs[SHARD_KEY] = {"status": "writing", "source": {}}
     index = consolidate_index(root, [])
-    store = open_store(copy)
+    store = open_store(store_copy)
     assert store.shard_names == ["audio_0", "audio_2"] == index["shards"]
     assert len(store) == 5 + 12
 
 
-def test_not_a_store_and_newer_format_are_refused(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
+def test_not_a_store_and_newer_format_are_refused(tmp_path: Path, store_copy: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(FeatstoreError, match="not a featstore store"):
         open_store(tmp_path / "plain")
-    copy = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], copy)
-    root = zarr.open_group(str(copy), mode="r+")
+    root = zarr.open_group(str(store_copy), mode="r+")
     root.attrs[ROOT_KEY] = {**root.attrs[ROOT_KEY], "format_version": 99}
     with pytest.raises(FeatstoreError, match="format version 99"):
-        open_store(copy)
+        open_store(store_copy)

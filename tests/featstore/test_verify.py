@@ -2,50 +2,41 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import zarr
 
-from featstore.ingest import IngestSummary
 from featstore.layout import INDEX_GROUP, INDEX_KEY, SHARD_KEY
 from featstore.verify import VerifyError, verify_store
 
 
-@pytest.fixture
-def copy(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> Path:
-    target = tmp_path / "copy.zarr"
-    shutil.copytree(ingested[0], target)
-    return target
-
-
-def test_an_intact_store_verifies(copy: Path) -> None:
+def test_an_intact_store_verifies(store_copy: Path) -> None:
     lines: list[str] = []
-    assert verify_store(copy, echo=lines.append) == 29
+    assert verify_store(store_copy, echo=lines.append) == 29
     assert [line.split(":")[0] for line in lines] == ["ok  audio_0", "ok  audio_1", "ok  audio_2"]
 
 
-def test_changed_audio_fails_the_checksum(copy: Path) -> None:
-    group = zarr.open_group(str(copy / "shards" / "audio_1"), mode="r+")
+def test_changed_audio_fails_the_checksum(store_copy: Path) -> None:
+    group = zarr.open_group(str(store_copy / "shards" / "audio_1"), mode="r+")
     name, array = next(iter(group.arrays()))
     array[10] = array[10] + 1
     with pytest.raises(VerifyError, match="audio_1: checksum mismatch"):
-        verify_store(copy)
+        verify_store(store_copy)
 
 
-def test_overlapping_offsets_are_found(copy: Path) -> None:
-    root = zarr.open_group(str(copy), mode="r+")
+def test_overlapping_offsets_are_found(store_copy: Path) -> None:
+    root = zarr.open_group(str(store_copy), mode="r+")
     index = dict(root[INDEX_GROUP].attrs[INDEX_KEY])
     index["offset"] = list(index["offset"])
     index["offset"][-1] += 1  # now a gap before it and past the end of its array
     root[INDEX_GROUP].attrs[INDEX_KEY] = index
     with pytest.raises(VerifyError, match="audio_2/b[0-9]+: utterances overlap or leave gaps"):
-        verify_store(copy)
+        verify_store(store_copy)
 
 
-def test_count_mismatch_between_index_and_shard_is_found(copy: Path) -> None:
-    shard = zarr.open_group(str(copy / "shards" / "audio_2"), mode="r+")
+def test_count_mismatch_between_index_and_shard_is_found(store_copy: Path) -> None:
+    shard = zarr.open_group(str(store_copy / "shards" / "audio_2"), mode="r+")
     shard.attrs[SHARD_KEY] = {**shard.attrs[SHARD_KEY], "clips": 3}
     with pytest.raises(VerifyError, match="audio_2: the index lists 12 utterances, the shard says 3"):
-        verify_store(copy)
+        verify_store(store_copy)
