@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from featstore import open_store
@@ -17,6 +18,7 @@ from trainer.vocab import (
     build_vocab,
     decode_labels,
     encode_labels,
+    encode_texts,
     load_processor,
 )
 
@@ -49,3 +51,15 @@ def test_normalization_lowercases_and_optionally_strips_punctuation() -> None:
 def test_text_without_characters_is_a_user_error() -> None:
     with pytest.raises(TrainerError, match="no characters"):
         build_vocab(["", " "])
+
+
+def test_encode_texts_gives_the_tokenizers_ids(stores, tmp_path: Path) -> None:
+    texts = [normalize_text(text) for text in open_store(stores.train).texts]
+    processor = build_processor(build_vocab(texts), tmp_path)
+    odd = ["", "a  b", " a ", "x|y", "é ß 日本 😀", "a\tb", "[pad]", "abc"]
+    for batch in [texts, odd, [*odd, "a [UNK] b", "a[PAD]b"]]:  # the last through the tokenizer
+        ids, offsets = encode_texts(processor, batch)
+        assert ids.dtype == np.int64 and offsets.size == len(batch) + 1
+        assert [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(batch))] == [
+            encode_labels(processor, text) for text in batch
+        ]

@@ -9,9 +9,10 @@ text, the space spelled `|` (the CTC tokenizer's word delimiter), then `[UNK]` a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
 
 from trainer.errors import TrainerError
@@ -64,6 +65,42 @@ def load_processor(directory: Path) -> Wav2Vec2Processor:
 def encode_labels(processor: Wav2Vec2Processor, text: str) -> list[int]:
     """Token ids of normalized `text`; characters outside the vocabulary become `[UNK]`."""
     return list(processor.tokenizer(text).input_ids)
+
+
+def encode_texts(processor: Wav2Vec2Processor, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Label ids of many normalized texts at once: text `i`'s are `ids[offsets[i]:offsets[i + 1]]`.
+
+    The same ids as `encode_labels` on each text (the CTC tokenizer spells a space as the word
+    delimiter, then looks each character up), by one vectorised lookup instead of 0.2-0.7 ms of
+    Python per text. Texts holding a token the tokenizer treats specially (`[UNK]` spelled out)
+    go through the tokenizer.
+    """
+    tokenizer = processor.tokenizer
+    vocab: dict[str, int] = tokenizer.get_vocab()
+    special = {token for token in vocab if len(token) > 1} | {
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.lstrip or t.rstrip or t.single_word
+    }
+    joined = "\n".join(texts)
+    if tokenizer.do_lower_case or any(token in joined for token in special):
+        return _flat([np.asarray(encode_labels(processor, text), dtype=np.int64) for text in texts])
+    spelled = [text.replace(" ", tokenizer.word_delimiter_token) for text in texts]
+    chars = np.array(sorted(ord(token) for token in vocab if len(token) == 1), dtype=np.uint32)
+    char_ids = np.array([vocab[chr(code)] for code in chars], dtype=np.int64)
+    codes = np.frombuffer("".join(spelled).encode("utf-32-le"), dtype="<u4")
+    found = np.minimum(np.searchsorted(chars, codes), chars.size - 1)
+    ids = np.where(chars[found] == codes, char_ids[found], vocab[tokenizer.unk_token])
+    return ids, _offsets([len(text) for text in spelled])
+
+
+def _flat(pieces: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
+    return ids, _offsets([piece.size for piece in pieces])
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
 
 
 def decode_labels(processor: Wav2Vec2Processor, ids: Iterable[int]) -> str:
