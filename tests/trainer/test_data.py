@@ -8,14 +8,18 @@ import torch
 
 from featstore import open_store
 from trainer.config import BatchOptions, TextOptions
-from trainer.data import IGNORE_INDEX, StoreDataset, collate, make_loader
-from trainer.vocab import build_processor, build_vocab, decode_labels
+from trainer.data import IGNORE_INDEX, Item, StoreDataset, collate, make_loader, model_inputs
+from trainer.model import build_tiny_random
+from trainer.vocab import PAD, build_processor, build_vocab, decode_labels, encode_labels
 
 
 @pytest.fixture(scope="module")
-def dataset(stores, tmp_path_factory) -> StoreDataset:
-    store = open_store(stores.train)
-    processor = build_processor(build_vocab(store.texts), tmp_path_factory.mktemp("processor"))
+def processor(stores, tmp_path_factory):
+    return build_processor(build_vocab(open_store(stores.train).texts), tmp_path_factory.mktemp("processor"))
+
+
+@pytest.fixture(scope="module")
+def dataset(stores, processor) -> StoreDataset:
     return StoreDataset(stores.train, processor, TextOptions())
 
 
@@ -23,28 +27,58 @@ def _indices(loader) -> list[list[int]]:
     return [batch["indices"].tolist() for batch in loader]
 
 
-def test_collator_pads_audio_with_zeros_and_labels_with_ignore_index() -> None:
+def test_collator_pads_int16_audio_with_zeros_and_labels_with_ignore_index() -> None:
     items = [
-        {"index": 0, "audio": np.ones(5, np.float32), "labels": [1, 2, 3]},
-        {"index": 7, "audio": np.full(3, 2.0, np.float32), "labels": [4]},
+        Item(0, np.array([1, 2, 3, 4, 5], np.int16), 0.5, np.array([1, 2, 3])),
+        Item(7, np.array([-2, 2, 6], np.int16), 0.25, np.array([4])),
     ]
     batch = collate(items)
-    assert batch["input_values"].tolist() == [[1, 1, 1, 1, 1], [2, 2, 2, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
+    assert batch["audio"].dtype == torch.int16
+    assert batch["audio"].tolist() == [[1, 2, 3, 4, 5], [-2, 2, 6, 0, 0]]
+    assert batch["scales"].tolist() == [0.5, 0.25] and batch["lengths"].tolist() == [5, 3]
     assert batch["labels"].tolist() == [[1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]]
     assert batch["indices"].tolist() == [0, 7]
+    inputs = model_inputs(batch, "cpu")
+    assert inputs["input_values"].tolist() == [[0.5, 1, 1.5, 2, 2.5], [-0.5, 0.5, 1.5, 0, 0]]
+    assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
 
 
-def test_batches_carry_the_stores_audio_and_text(stores, dataset: StoreDataset) -> None:
+def test_batches_carry_the_stores_audio_and_text(stores, dataset: StoreDataset, processor) -> None:
     store = open_store(stores.train)
     sampler = BatchOptions(max_batch_seconds=20.0, batch_size=None).sampler(store, seed=3)
     batch = next(iter(make_loader(dataset, sampler, workers=0)))
     for row, index in enumerate(batch["indices"].tolist()):
-        n = store.lengths[index]
-        assert torch.equal(batch["input_values"][row, :n], torch.from_numpy(store.audio(index)))
-        assert int(batch["attention_mask"][row].sum()) == n
-        assert decode_labels(dataset.processor, batch["labels"][row].tolist()) == store.texts[index]
-    assert batch["input_values"].shape[0] * batch["input_values"].shape[1] <= 20.0 * store.sample_rate
+        assert int(batch["lengths"][row]) == store.lengths[index]
+        assert decode_labels(processor, batch["labels"][row].tolist()) == store.texts[index]
+        text = TextOptions().normalize(store.texts[index])
+        assert batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist() == encode_labels(processor, text)
+    assert batch["audio"].numel() <= 20.0 * store.sample_rate
+
+
+def test_model_inputs_equal_the_float_audio_and_mask_padded_the_old_way(stores, dataset: StoreDataset) -> None:
+    """Against what the loader used to send: store.audio (float32) padded with zeros, an int64 mask."""
+    store = open_store(stores.train)
+    sampler = BatchOptions(max_batch_seconds=20.0, batch_size=None).sampler(store, seed=3)
+    batch = next(iter(make_loader(dataset, sampler, workers=1)))
+    indices = batch["indices"].tolist()
+    longest = max(int(store.lengths[i]) for i in indices)
+    audio = torch.zeros(len(indices), longest)
+    mask = torch.zeros(len(indices), longest, dtype=torch.int64)
+    for row, i in enumerate(indices):
+        audio[row, : store.lengths[i]] = torch.from_numpy(store.audio(i))
+        mask[row, : store.lengths[i]] = 1
+    inputs = model_inputs(batch, "cpu")
+    assert inputs["input_values"].dtype == torch.float32
+    assert torch.equal(inputs["input_values"], audio)
+    assert torch.equal(inputs["attention_mask"].long(), mask)
+
+    vocab = build_vocab(store.texts)
+    model = build_tiny_random(len(vocab), vocab[PAD], seed=0).eval()
+    with torch.no_grad():
+        new = model(**inputs)
+        old = model(input_values=audio, attention_mask=mask, labels=inputs["labels"])
+    assert torch.equal(new.logits, old.logits)
+    assert torch.equal(new.loss, old.loss)
 
 
 def test_workers_open_the_store_themselves_and_deliver_the_same_batches(stores, dataset: StoreDataset) -> None:
@@ -98,4 +132,4 @@ def test_dataset_pickles_without_its_reader(stores, dataset: StoreDataset) -> No
 
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._store is None
-    assert np.array_equal(clone[3]["audio"], dataset[3]["audio"])
+    assert np.array_equal(clone[3].audio, dataset[3].audio)

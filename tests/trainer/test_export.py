@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCTC, pipeline
 
 from featstore import open_store
-from trainer.data import StoreDataset, collate
+from trainer.data import StoreDataset, collate, model_inputs
 from trainer.export import export_run
 from trainer.fit import fit
 from trainer.run import load_trained
@@ -29,7 +29,7 @@ def test_export_merges_adapter_into_a_pipeline_ready_model(stores, tmp_path: Pat
     adapted, processor, _ = load_trained(tmp_path / "run", torch.device("cpu"))
     merged = AutoModelForCTC.from_pretrained(str(out)).eval()
     batch = collate([StoreDataset(stores.small, processor, config.text)[i] for i in range(3)])
-    inputs = {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
+    inputs = model_inputs(batch, "cpu", labels=False)
     with torch.no_grad():
         torch.testing.assert_close(merged(**inputs).logits, adapted(**inputs).logits, rtol=1e-4, atol=1e-4)
     assert not any("lora" in name for name, _ in merged.named_parameters())

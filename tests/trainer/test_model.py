@@ -10,7 +10,7 @@ from peft import PeftModel
 from transformers import Wav2Vec2ForCTC
 
 from trainer.config import FinetuneOptions, TextOptions
-from trainer.data import StoreDataset, collate
+from trainer.data import StoreDataset, collate, model_inputs
 from trainer.fit import fit
 from trainer.metrics import read_metrics
 from trainer.model import build_tiny_random, count_parameters, prepare
@@ -46,7 +46,7 @@ def test_lora_trains_only_adapter_and_head_and_reloads_identically(stores, tmp_p
     reloaded = PeftModel.from_pretrained(base_model, str(run.adapter)).eval()
     model, processor, _ = load_trained(run.path, torch.device("cpu"))
     batch = collate([StoreDataset(stores.small, processor, TextOptions())[i] for i in range(3)])
-    inputs = {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
+    inputs = model_inputs(batch, "cpu", labels=False)
     with torch.no_grad():
         expected = result.model.eval()(**inputs).logits
         assert torch.equal(reloaded(**inputs).logits, expected)

@@ -1,14 +1,19 @@
-"""From a store to padded batches: a lazy Dataset, the collator and the DataLoader.
+"""From a store to model inputs: a lazy Dataset, the collator, the DataLoader, `model_inputs`.
 
 The Dataset opens the store where it is built (for its length and the checks) and again, lazily,
 in each DataLoader worker: forked or spawned workers each read with their own chunk cache, and
 nothing large is pickled. Batches come from featstore's length-grouped sampler, so they pad
 little and read each chunk about once per epoch.
+
+Batches stay compact until they reach the model's device: the stored int16 samples with a scale
+and a length per row (2 bytes per sample through the worker's pipe and to a GPU, against 12 for
+float32 audio plus an int64 mask); `model_inputs` makes the float audio and the mask there.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,30 +26,42 @@ from featstore import FeatStore, open_store
 from featstore.sampler import DurationBucketSampler
 from trainer.config import TextOptions
 from trainer.stores import open_checked
-from trainer.vocab import encode_labels
+from trainer.vocab import encode_texts
 
 IGNORE_INDEX = -100  # label padding that CTC loss skips
 
 
-class StoreDataset(Dataset[dict[str, Any]]):
-    """Utterance `i` as {"index", "audio" (float32), "labels" (token ids; empty without text)}."""
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One utterance as stored: float audio is `audio * scale` (exactly `FeatStore.audio`)."""
+
+    index: int
+    audio: np.ndarray  # int16
+    scale: float
+    labels: np.ndarray  # int64 token ids; empty without text
+
+
+class StoreDataset(Dataset[Item]):
+    """Utterance `i` of the store at `path` as an `Item`.
+
+    Label ids are encoded once here, for every utterance, rather than per item every epoch.
+    """
 
     def __init__(self, path: str | Path, processor: Wav2Vec2Processor, text: TextOptions) -> None:
         self.path = path  # a local path or URL: what each worker process reopens
-        self.processor = processor
-        self.text = text
         store = open_checked(path)
         self._length = len(store)
+        self._labels, self._label_offsets = encode_texts(processor, [text.normalize(t) for t in store.texts])
         self._store: FeatStore | None = store
         self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self._length
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> Item:
         store = self.store
-        text = self.text.normalize(store.texts[i])
-        return {"index": i, "audio": store.audio(i), "labels": encode_labels(self.processor, text) if text else []}
+        labels = self._labels[self._label_offsets[i] : self._label_offsets[i + 1]]
+        return Item(i, store.raw_audio(i), float(store.scales[i]), labels)
 
     @property
     def store(self) -> FeatStore:
@@ -57,30 +74,45 @@ class StoreDataset(Dataset[dict[str, Any]]):
         return {**self.__dict__, "_store": None}
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Pad audio with zeros and labels with -100; the attention mask marks real samples.
-
-    Zero padding matches Wav2Vec2FeatureExtractor's padding_value for normalized audio.
+def collate(items: list[Item]) -> dict[str, torch.Tensor]:
+    """A compact batch: int16 "audio" padded with zeros, per-row "scales" and "lengths",
+    "labels" padded with -100, and the utterances' "indices". `model_inputs` makes it float.
     """
-    longest = max(item["audio"].size for item in items)
-    longest_label = max(len(item["labels"]) for item in items)
-    audio = np.zeros((len(items), longest), dtype=np.float32)
-    mask = np.zeros((len(items), longest), dtype=np.int64)
-    labels = np.full((len(items), longest_label), IGNORE_INDEX, dtype=np.int64)
+    lengths = np.array([item.audio.size for item in items], dtype=np.int64)
+    audio = np.zeros((len(items), int(lengths.max())), dtype=np.int16)
+    labels = np.full((len(items), max(item.labels.size for item in items)), IGNORE_INDEX, dtype=np.int64)
     for row, item in enumerate(items):
-        n = item["audio"].size
-        audio[row, :n] = item["audio"]
-        mask[row, :n] = 1
-        labels[row, : len(item["labels"])] = item["labels"]
+        audio[row, : item.audio.size] = item.audio
+        labels[row, : item.labels.size] = item.labels
     return {
-        "input_values": torch.from_numpy(audio),
-        "attention_mask": torch.from_numpy(mask),
+        "audio": torch.from_numpy(audio),
+        "scales": torch.tensor([item.scale for item in items], dtype=torch.float32),
+        "lengths": torch.from_numpy(lengths),
         "labels": torch.from_numpy(labels),
-        "indices": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+        "indices": torch.tensor([item.index for item in items], dtype=torch.int64),
     }
 
 
-def make_loader(dataset: StoreDataset, sampler: DurationBucketSampler, workers: int) -> DataLoader[dict[str, Any]]:
+def model_inputs(
+    batch: dict[str, torch.Tensor], device: torch.device | str, labels: bool = True
+) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments for a compact batch, made on `device`.
+
+    The int16 samples move first, so 2 bytes per sample go to an accelerator. Padding stays 0.0
+    (Wav2Vec2FeatureExtractor's padding value for normalized audio); the mask is bool, which
+    Wav2Vec2ForCTC takes like 0/1 integers (it only sums it and compares it).
+    """
+    audio = batch["audio"].to(device)
+    inputs = {
+        "input_values": audio.to(torch.float32).mul_(batch["scales"].to(device)[:, None]),
+        "attention_mask": torch.arange(audio.shape[1], device=audio.device) < batch["lengths"].to(device)[:, None],
+    }
+    if labels:
+        inputs["labels"] = batch["labels"].to(device)
+    return inputs
+
+
+def make_loader(dataset: StoreDataset, sampler: DurationBucketSampler, workers: int) -> DataLoader[Item]:
     """A DataLoader over `sampler`'s batches; worker processes open the store themselves."""
     return DataLoader(
         dataset,

@@ -35,7 +35,7 @@ from transformers import get_scheduler
 
 from featstore.sampler import DurationBucketSampler
 from trainer.config import TINY_RANDOM, RunConfig
-from trainer.data import StoreDataset, make_loader
+from trainer.data import StoreDataset, make_loader, model_inputs
 from trainer.errors import TrainerError
 from trainer.inference import pick_device, score, transcribe_batches
 from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate_metrics
@@ -205,12 +205,9 @@ def fit(
                 micro += 1
                 boundary = micro == config.grad_accum or consumed == epoch_batches
                 sync = nullcontext() if boundary or d.world_size == 1 else trained.no_sync()  # type: ignore[operator]
+                inputs = model_inputs(batch, device)
                 with sync, autocast(device, amp_dtype):
-                    loss = trained(
-                        input_values=batch["input_values"].to(device),
-                        attention_mask=batch["attention_mask"].to(device),
-                        labels=batch["labels"].to(device),
-                    ).loss
+                    loss = trained(**inputs).loss
                     scaler.scale(loss / config.grad_accum).backward()
                 losses.append(float(loss.detach()))
                 if not boundary:

@@ -10,6 +10,7 @@ import jiwer
 import torch
 from transformers import Wav2Vec2Processor
 
+from trainer.data import model_inputs
 from trainer.vocab import decode_labels, decode_predictions
 
 
@@ -40,9 +41,7 @@ def transcribe_batches(
     model.eval()
     results: list[Transcript] = []
     for batch in batches:
-        logits = model(
-            input_values=batch["input_values"].to(device), attention_mask=batch["attention_mask"].to(device)
-        ).logits
+        logits = model(**model_inputs(batch, device, labels=False)).logits
         predictions = decode_predictions(processor, logits.argmax(dim=-1).cpu().tolist())
         for index, labels, prediction in zip(
             batch["indices"].tolist(), batch["labels"].tolist(), predictions, strict=True
