@@ -1,4 +1,4 @@
-"""`featstore inspect`: dask measurements equal direct ones, outliers found, report renders in Chromium."""
+"""`featstore inspect`: measurements equal librosa's, outliers found, the report renders in Chromium."""
 
 from __future__ import annotations
 
@@ -18,26 +18,86 @@ import librosa
 import numpy as np
 import pytest
 
-from featstore import open_store
+from featstore import FeatstoreError, open_store
 from featstore.ingest import IngestSummary
-from featstore.inspection import SILENCE_TOP_DB, inspect_store
+from featstore.inspection import _READERS, SILENCE_TOP_DB, Inspection, _trim_bounds, inspect_store
+from featstore.reader import FeatStore
 from featstore.sample import SampleCorpus
 
 from conftest import quiet_ingest
 from test_cli import featstore
 
 
+def librosa_trim(audio: np.ndarray) -> tuple[int, int]:
+    _, (first, last) = librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=400, hop_length=160)
+    return int(first), int(last)
+
+
+def assert_measured_like_librosa(inspection: Inspection, store: FeatStore) -> None:
+    """Every utterance, read on its own through the reader, measures exactly as inspect found."""
+    for i in range(len(store)):
+        audio = store.audio(i)
+        first, last = librosa_trim(audio)
+        assert inspection.peak[i] == float(np.abs(audio).max())
+        assert inspection.lead_silence[i] == first / 16_000
+        assert inspection.trail_silence[i] == (audio.size - last) / 16_000
+
+
 def test_dask_measurements_equal_direct_ones(ingested: tuple[Path, IngestSummary]) -> None:
     store = open_store(ingested[0])
     with dask.config.set(scheduler="threads"):
         inspection = inspect_store(store)
-    for i in range(len(store)):
-        audio = store.audio(i)
-        _, (first, last) = librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=400, hop_length=160)
-        assert inspection.peak[i] == pytest.approx(np.abs(audio).max(), rel=1e-6)
-        assert inspection.lead_silence[i] == pytest.approx(first / 16_000)
-        assert inspection.trail_silence[i] == pytest.approx((audio.size - last) / 16_000)
+    assert_measured_like_librosa(inspection, store)
     assert 0.01 < float(np.median(inspection.lead_silence)) < 0.2  # the generator pads 50-150 ms
+
+
+def test_trim_bounds_equal_librosa_on_edge_cases() -> None:
+    rng = np.random.default_rng(0)
+    speech = rng.standard_normal(16_000).astype(np.float32)
+    signals = [
+        np.zeros(5_000, np.float32),  # all silent: librosa keeps everything
+        np.zeros(1, np.float32),
+        speech[:1],
+        speech[:399],  # shorter than one frame
+        np.concatenate([np.zeros(8_000), speech, 1e-3 * speech[:4_000]]).astype(np.float32),
+        np.concatenate([1e-2 * speech[:3_000], speech, np.zeros(161)]).astype(np.float32),
+    ]
+    for _ in range(50):  # loudness jumping over 50 dB within a clip puts frames near the threshold
+        n = int(rng.integers(1, 100_000))
+        signals.append((rng.standard_normal(n) * np.exp(rng.uniform(-6, 1, n))).astype(np.float32))
+    for audio in signals:
+        assert _trim_bounds(audio) == librosa_trim(audio)
+
+
+def test_inspect_measures_a_snapshot_while_the_store_grows(corpus: SampleCorpus, tmp_path: Path) -> None:
+    quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", shard_selection={2}, workers=1)
+    snapshot = open_store(tmp_path / "s.zarr")
+    # audio_0 sorts before audio_2: every index the snapshot knows moves in the grown store.
+    quiet_ingest(corpus.split_dir, tmp_path / "s.zarr", shard_selection={0}, append=True, workers=1)
+    assert len(open_store(tmp_path / "s.zarr")) > len(snapshot)
+    with dask.config.set(scheduler="threads"):
+        inspection = inspect_store(snapshot)
+    assert_measured_like_librosa(inspection, snapshot)
+
+
+def test_a_reader_kept_from_an_earlier_inspect_of_a_rewritten_store_is_replaced(
+    ingested: tuple[Path, IngestSummary],
+) -> None:
+    store = open_store(ingested[0])
+    stale = open_store(ingested[0])
+    stale.checksums[store.shard_names[0]] = "sha256:" + "0" * 64  # as if read before an --overwrite re-ingest
+    _READERS.stores[store.location.url] = stale  # this thread's reader: the sync scheduler runs tasks here
+    with dask.config.set(scheduler="sync"):
+        inspection = inspect_store(store)
+    assert _READERS.stores[store.location.url] is not stale
+    assert_measured_like_librosa(inspection, store)
+
+
+def test_a_shard_rewritten_during_inspect_is_a_one_line_error(ingested: tuple[Path, IngestSummary]) -> None:
+    store = open_store(ingested[0])
+    store.checksums[store.shard_names[1]] = "sha256:" + "0" * 64  # as if the shard were redone since
+    with dask.config.set(scheduler="threads"), pytest.raises(FeatstoreError, match="changed while it was inspected"):
+        inspect_store(store)
 
 
 def test_a_mislabelled_clip_is_a_speaking_rate_outlier(corpus: SampleCorpus, tmp_path: Path) -> None:

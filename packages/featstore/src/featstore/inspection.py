@@ -1,31 +1,42 @@
 """`featstore inspect`: per-utterance audio statistics computed with dask.array, and the findings.
 
-Every bucket array is opened with `dask.array.from_zarr` in blocks whose edges fall on utterance
-edges; one `map_blocks` call per array then measures its utterances. The whole
-store is read once, in parallel, within each worker's memory, and the work shows live in the
-Dask dashboard.
+The work is a dask array of utterance positions in storage order (shard, bucket, offset), cut
+into blocks of about TARGET_BLOCK_SAMPLES samples that never cross a shard. Each task opens the
+store with the reader (once per worker thread) and measures its utterances one at a time, so it
+decodes each chunk of its shard about once and holds one utterance and a few chunks in memory.
+The number of tasks grows with hours of audio, not with the number of bucket arrays, and the work
+shows live in the Dask dashboard.
+
+Silence is `librosa.effects.trim(audio, top_db=40, frame_length=400, hop_length=160)`, computed
+with the same numpy operations (`_trim_bounds`, checked against librosa in the tests): librosa's
+first call imports scipy, scikit-learn and numba, 5-7 s in every worker process, and their
+teardown made workers overrun the nanny's 4 s shutdown grace.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
-from dask.base import compute
 
-from featstore.layout import SHARDS_GROUP, bucket_array_name
-from featstore.reader import FeatStore
+from featstore.errors import FeatstoreError
+from featstore.reader import FeatStore, open_store
 
 # Columns of the per-utterance statistics, in the order `_measure_block` returns them.
 STATS = ("peak", "lead_silence", "trail_silence")
-# Leading and trailing audio this far below the utterance's peak counts as silence.
+# Leading and trailing audio this far below the utterance's loudest frame counts as silence.
 SILENCE_TOP_DB = 40.0
+SILENCE_FRAME = 400  # samples per RMS frame (25 ms)
+SILENCE_HOP = 160  # samples between frames (10 ms)
 # An utterance whose speaking rate is this many robust standard deviations from the median is listed.
 OUTLIER_Z = 3.5
-TARGET_BLOCK_SAMPLES = 2**22  # ~4 min of audio per task: few tasks, bounded memory
+TARGET_BLOCK_SAMPLES = 2**22  # ~4 min of audio per task: few tasks, each a sequential read of one shard
+# Storage order needs only the chunks under the current utterance; the default cache is for random access.
+WORKER_CACHE_BYTES = 8 * 2**20
 
 
 @dataclass(frozen=True)
@@ -58,81 +69,109 @@ class Inspection:
 
 def inspect_store(store: FeatStore) -> Inspection:
     """Measure every utterance with dask (uses the active Dask client, if any)."""
-    tasks = []
-    order: list[np.ndarray] = []
-    for code, shard in enumerate(store.shard_names):
-        for bucket in np.unique(store.buckets[store.shard_codes == code]):
-            members = np.flatnonzero((store.shard_codes == code) & (store.buckets == bucket))
-            members = members[np.argsort(store.offsets[members])]
-            array = store.location.child(SHARDS_GROUP, shard, bucket_array_name(int(bucket)))
-            tasks.append(
-                _measure_array(array.url, store.lengths[members], float(store.sample_rate), store.scales[members])
-            )
-            order.append(members)
-    results = compute(*tasks) if tasks else []
     stats = np.zeros((len(store), len(STATS)), dtype=np.float64)
-    for members, values in zip(order, results, strict=False):
-        stats[members] = values
+    if len(store):
+        order, measured = _measure_in_storage_order(store)
+        stats[order] = measured.compute()
     voiced = np.maximum(store.durations - stats[:, 1] - stats[:, 2], 0.1)
     letters = np.array([len(text.replace(" ", "")) for text in store.texts], dtype=np.float64)
     rate = letters / voiced
     return Inspection(store, stats[:, 0], stats[:, 1], stats[:, 2], rate, _rate_outliers(store, rate))
 
 
-def _measure_array(path: str, lengths: np.ndarray, sample_rate: float, scales: np.ndarray) -> da.Array:
-    """A dask array of per-utterance stats for one bucket array, blocks aligned to utterances."""
-    block_sizes, utterances_per_block = _utterance_blocks(lengths)
-    # Blocks cut on utterance edges: each task slices its samples straight from zarr, no rechunking.
-    audio = da.from_zarr(path, chunks=(tuple(block_sizes),))
-    bounds = np.concatenate([[0], np.cumsum(utterances_per_block)])
-    return audio.map_blocks(
-        _measure_block,
-        dtype=np.float64,
-        chunks=(tuple(utterances_per_block), (len(STATS),)),
-        new_axis=1,
-        lengths=[lengths[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)],
-        scales=[scales[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=False)],
-        sample_rate=sample_rate,
-        meta=np.empty((0, len(STATS)), dtype=np.float64),
-    )
+def _measure_in_storage_order(store: FeatStore) -> tuple[np.ndarray, da.Array]:
+    """Utterance indices in storage order, and a dask array of their stats in that order."""
+    order = np.lexsort((store.offsets, store.buckets, store.shard_codes))
+    # The index keeps each shard's utterances together, in shard order, and so does `order`.
+    starts = np.searchsorted(store.shard_codes, np.arange(len(store.shard_names) + 1))
+    parts = []
+    for code, shard in enumerate(store.shard_names):
+        members = order[starts[code] : starts[code + 1]]
+        if not members.size:
+            continue
+        counts = _block_counts(store.lengths[members])
+        # Positions within the shard, not store indices: a worker that opens the store later may
+        # see shards that completed since, which renumber the index but never a shard's rows.
+        positions = da.from_array(members - starts[code], chunks=(counts,))
+        parts.append(
+            positions.map_blocks(
+                _measure_block,
+                url=store.location.url,
+                shard=shard,
+                checksum=store.checksums[shard],
+                dtype=np.float64,
+                chunks=(counts, (len(STATS),)),
+                new_axis=1,
+                meta=np.empty((0, len(STATS)), dtype=np.float64),
+            )
+        )
+    return order, da.concatenate(parts)
 
 
-def _utterance_blocks(lengths: np.ndarray) -> tuple[list[int], list[int]]:
-    """Group consecutive utterances into blocks of about TARGET_BLOCK_SAMPLES samples."""
-    sizes: list[int] = []
+def _block_counts(lengths: np.ndarray) -> tuple[int, ...]:
+    """Utterances per block, consecutive ones grouped until a block reaches TARGET_BLOCK_SAMPLES."""
     counts: list[int] = []
     size = count = 0
     for length in lengths.tolist():
         size, count = size + length, count + 1
         if size >= TARGET_BLOCK_SAMPLES:
-            sizes.append(size)
             counts.append(count)
             size = count = 0
     if count:
-        sizes.append(size)
         counts.append(count)
-    return sizes, counts
+    return tuple(counts)
 
 
-def _measure_block(
-    block: np.ndarray,
-    lengths: list[np.ndarray],
-    scales: list[np.ndarray],
-    sample_rate: float,
-    block_info: dict[Any, Any] | None = None,
-) -> np.ndarray:
-    import librosa
+class _Readers(threading.local):
+    """One reader per store URL and thread: the reader's chunk cache is not thread-safe."""
 
-    assert block_info is not None
-    index = block_info[0]["chunk-location"][0]
-    out = np.zeros((len(lengths[index]), len(STATS)))
-    start = 0
-    for row, (length, scale) in enumerate(zip(lengths[index].tolist(), scales[index].tolist(), strict=False)):
-        audio = block[start : start + length].astype(np.float32) * np.float32(scale)
-        start += length
-        _, (first, last) = librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=400, hop_length=160)
-        out[row] = (float(np.abs(audio).max()), first / sample_rate, (length - last) / sample_rate)
+    def __init__(self) -> None:
+        self.stores: dict[str, FeatStore] = {}
+
+
+_READERS = _Readers()
+
+
+def _open_shard(url: str, shard: str, checksum: str) -> tuple[FeatStore, int]:
+    """This thread's reader of `url`, and the index of `shard`'s first utterance in it."""
+    store = _READERS.stores.get(url)
+    if store is None or store.checksums.get(shard) != checksum:  # first use, or the store changed since
+        store = _READERS.stores[url] = open_store(url, cache_bytes=WORKER_CACHE_BYTES)
+    if store.checksums.get(shard) != checksum:
+        raise FeatstoreError(f"{url}: shard {shard} changed while it was inspected; run inspect again")
+    return store, int(np.searchsorted(store.shard_codes, store.shard_names.index(shard)))
+
+
+def _measure_block(positions: np.ndarray, url: str, shard: str, checksum: str) -> np.ndarray:
+    """Peak and leading/trailing silence (seconds) of the utterances at these positions of `shard`."""
+    store, start = _open_shard(url, shard, checksum)
+    rate = float(store.sample_rate)
+    out = np.zeros((positions.size, len(STATS)), dtype=np.float64)
+    for row, i in enumerate((positions + start).tolist()):
+        audio = store.raw_audio(i).astype(np.float32) * store.scales[i]
+        first, last = _trim_bounds(audio)
+        out[row] = (float(np.abs(audio).max()), first / rate, (audio.size - last) / rate)
     return out
+
+
+def _trim_bounds(audio: np.ndarray) -> tuple[int, int]:
+    """`librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=SILENCE_FRAME, hop_length=SILENCE_HOP)[1]`.
+
+    The same float32 operations in the same order, so the same frames count as silent, without
+    librosa's import or its copies of the padded audio and of the overlapping frames' squares.
+    """
+    half = SILENCE_FRAME // 2
+    squares = np.zeros(audio.size + 2 * half, dtype=np.float32)  # librosa pads the audio with zeros
+    np.square(audio, out=squares[half:-half], dtype=np.float32)
+    frames = np.lib.stride_tricks.sliding_window_view(squares, SILENCE_FRAME)[::SILENCE_HOP]
+    rms = np.sqrt(np.mean(frames, axis=-1))  # librosa.feature.rms(center=True)
+    amin = 1e-5**2  # amplitude_to_db(rms, ref=np.max): power_to_db(rms**2, ref=max(rms)**2, amin=1e-5**2)
+    db = 10.0 * np.log10(np.maximum(amin, np.square(rms)))
+    db -= 10.0 * np.log10(np.maximum(amin, np.max(rms) ** 2))
+    loud = np.flatnonzero(db > -SILENCE_TOP_DB)
+    if not loud.size:
+        return 0, 0
+    return int(loud[0]) * SILENCE_HOP, min(audio.size, (int(loud[-1]) + 1) * SILENCE_HOP)
 
 
 def _rate_outliers(store: FeatStore, rate: np.ndarray) -> list[dict[str, Any]]:
