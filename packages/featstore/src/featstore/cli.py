@@ -183,17 +183,19 @@ def inspect_command(
 ) -> None:
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
     from featstore.inspection import format_inspection, inspect_store, inspection_summary  # dask.array: slow import
-    from featstore.report import write_html, write_plots  # matplotlib: slow import
 
     opened = open_store(store)
     with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
         inspection = inspect_store(opened)
         summary = inspection_summary(inspection)
-        if report:
-            click.echo(f"report: {write_html(inspection, report)}", err=as_json)
-        if plots:
-            click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
+        if report or plots:
+            from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for
+
+            if report:
+                click.echo(f"report: {write_html(inspection, report)}", err=as_json)
+            if plots:
+                click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
         if as_json:
             click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
         else:
