@@ -36,9 +36,11 @@ def test_item_access_returns_normalized_float32_and_its_record(ingested: tuple[P
 
 
 def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
+    import zarr
+
     create_store(locate(tmp_path / "s.zarr"), IngestSettings(), "test")
     root, _ = open_root(locate(tmp_path / "s.zarr"), mode="r+")
-    writer = ShardWriter(root, "audio_0", {"size": 1})
+    writer = ShardWriter(locate(tmp_path / "s.zarr"), root, "audio_0", {"size": 1})
     rng = np.random.default_rng(0)
     clips = [rng.integers(-3000, 3000, 20_800 + i, dtype=np.int16) for i in range(30)]  # ~1.3 s: one bucket
     for n, samples in enumerate(clips):
@@ -51,6 +53,9 @@ def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
     for i, samples in enumerate(clips):
         np.testing.assert_array_equal(store.raw_audio(i), samples)
         np.testing.assert_array_equal(store.audio(i), samples.astype(np.float32) * 0.5)
+    # The chunks are written without zarr, so check that stock zarr reads the array as written.
+    bucket = zarr.open_array(str(tmp_path / "s.zarr"), path=f"shards/audio_0/b{int(store.buckets[0]):02d}", mode="r")
+    np.testing.assert_array_equal(bucket[:], np.concatenate(clips))
 
 
 def test_the_consolidated_index_stays_small_and_records_come_from_shards(ingested: tuple[Path, IngestSummary]) -> None:

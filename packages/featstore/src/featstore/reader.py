@@ -16,11 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, overload
 
-import numcodecs
 import numpy as np
 
 from featstore.errors import FeatstoreError
-from featstore.layout import chunk_key, open_root, read_index, shard_summary
+from featstore.layout import chunk_codec, chunk_key, open_root, read_index, shard_summary
 from featstore.storage import Location, locate
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
@@ -55,7 +54,7 @@ class FeatStore(Sequence[Utterance]):
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
-        self._codec = numcodecs.Blosc()
+        self._codec = chunk_codec()
         self._fs, self._root = location.filesystem()
 
     @property
