@@ -104,6 +104,28 @@ def test_store_sampler_batches_cover_every_utterance_once(ingested: tuple[Path, 
         assert store.durations[batch].max() * len(batch) <= 8 or len(batch) == 1
 
 
+def test_sorted_windows_pad_less_and_read_each_chunk_about_once(ingested: tuple[Path, IngestSummary]) -> None:
+    durations = np.random.default_rng(0).uniform(2.0, 2.25, 400)  # one 0.25 s store bucket
+    layout = {"buckets": np.zeros(400, dtype=int), "positions": np.arange(400), "max_batch_seconds": 20.0}
+    sorted_windows = DurationBucketSampler(durations, **layout).plan().padding_fraction  # type: ignore[arg-type]
+    storage_order = DurationBucketSampler(durations, sort_window=1, **layout).plan().padding_fraction  # type: ignore[arg-type]
+    assert sorted_windows < storage_order / 2
+    store = open_store(ingested[0])
+    for batch in for_store(store, max_batch_seconds=8, seed=2):
+        for i in batch:
+            store.raw_audio(i)
+    chunks = sum(
+        -(-int((store.offsets[part] + store.lengths[part]).max()) // CHUNK_SAMPLES)
+        for part in (
+            (store.shard_codes == code) & (store.buckets == bucket)
+            for code in range(len(store.shard_names))
+            for bucket in np.unique(store.buckets)
+        )
+        if part.any()
+    )
+    assert store._cache.misses <= 1.2 * chunks  # a window's batches come together, while its chunks are cached
+
+
 def test_sampler_is_deterministic_per_seed_and_epoch() -> None:
     durations = np.random.default_rng(0).uniform(1, 10, 500)
     first = DurationBucketSampler(durations, max_batch_seconds=60, seed=3)
