@@ -24,7 +24,7 @@ def dataset(stores, processor) -> StoreDataset:
 
 
 def _indices(loader) -> list[list[int]]:
-    return [batch["indices"].tolist() for batch in loader]
+    return [batch.indices.tolist() for batch in loader]
 
 
 def test_collator_pads_int16_audio_with_zeros_and_labels_with_ignore_index() -> None:
@@ -33,11 +33,11 @@ def test_collator_pads_int16_audio_with_zeros_and_labels_with_ignore_index() -> 
         Item(7, np.array([-2, 2, 6], np.int16), 0.25, np.array([4])),
     ]
     batch = collate(items)
-    assert batch["audio"].dtype == torch.int16
-    assert batch["audio"].tolist() == [[1, 2, 3, 4, 5], [-2, 2, 6, 0, 0]]
-    assert batch["scales"].tolist() == [0.5, 0.25] and batch["lengths"].tolist() == [5, 3]
-    assert batch["labels"].tolist() == [[1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]]
-    assert batch["indices"].tolist() == [0, 7]
+    assert batch.audio.dtype == torch.int16
+    assert batch.audio.tolist() == [[1, 2, 3, 4, 5], [-2, 2, 6, 0, 0]]
+    assert batch.scales.tolist() == [0.5, 0.25] and batch.lengths.tolist() == [5, 3]
+    assert batch.labels.tolist() == [[1, 2, 3], [4, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch.indices.tolist() == [0, 7]
     inputs = model_inputs(batch, "cpu")
     assert inputs["input_values"].tolist() == [[0.5, 1, 1.5, 2, 2.5], [-0.5, 0.5, 1.5, 0, 0]]
     assert inputs["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
@@ -47,12 +47,12 @@ def test_batches_carry_the_stores_audio_and_text(stores, dataset: StoreDataset, 
     store = open_store(stores.train)
     sampler = BatchOptions(max_batch_seconds=20.0, batch_size=None).sampler(store, seed=3)
     batch = next(iter(make_loader(dataset, sampler, workers=0)))
-    for row, index in enumerate(batch["indices"].tolist()):
-        assert int(batch["lengths"][row]) == store.lengths[index]
-        assert decode_labels(processor, batch["labels"][row].tolist()) == store.texts[index]
+    for row, index in enumerate(batch.indices.tolist()):
+        assert int(batch.lengths[row]) == store.lengths[index]
+        assert decode_labels(processor, batch.labels[row].tolist()) == store.texts[index]
         text = TextOptions().normalize(store.texts[index])
-        assert batch["labels"][row][batch["labels"][row] != IGNORE_INDEX].tolist() == encode_labels(processor, text)
-    assert batch["audio"].numel() <= 20.0 * store.sample_rate
+        assert batch.labels[row][batch.labels[row] != IGNORE_INDEX].tolist() == encode_labels(processor, text)
+    assert batch.audio.numel() <= 20.0 * store.sample_rate
 
 
 def test_model_inputs_equal_the_float_audio_and_mask_padded_the_old_way(stores, dataset: StoreDataset) -> None:
@@ -60,7 +60,7 @@ def test_model_inputs_equal_the_float_audio_and_mask_padded_the_old_way(stores, 
     store = open_store(stores.train)
     sampler = BatchOptions(max_batch_seconds=20.0, batch_size=None).sampler(store, seed=3)
     batch = next(iter(make_loader(dataset, sampler, workers=1)))
-    indices = batch["indices"].tolist()
+    indices = batch.indices.tolist()
     longest = max(int(store.lengths[i]) for i in indices)
     audio = torch.zeros(len(indices), longest)
     mask = torch.zeros(len(indices), longest, dtype=torch.int64)

@@ -74,46 +74,58 @@ class StoreDataset(Dataset[Item]):
         return {**self.__dict__, "_store": None}
 
 
-def collate(items: list[Item]) -> dict[str, torch.Tensor]:
-    """A compact batch: int16 "audio" padded with zeros, per-row "scales" and "lengths",
-    "labels" padded with -100, and the utterances' "indices". `model_inputs` makes it float.
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A compact batch, as a worker sends it; `model_inputs` makes the model's inputs from it.
+
+    Only `audio` is a tensor: a worker hands each tensor over as a shared-memory file descriptor,
+    a socket handshake apiece, while the small numpy arrays travel inside the pickle.
     """
+
+    audio: torch.Tensor  # int16 [rows, longest]: the stored samples, padded with zeros
+    scales: np.ndarray  # float32 [rows]: float audio = audio * scale
+    lengths: np.ndarray  # int64 [rows]: real samples per row
+    labels: np.ndarray  # int64 [rows, longest labels]: token ids, padded with IGNORE_INDEX
+    indices: np.ndarray  # int64 [rows]: the utterances' indices in the store
+
+
+def collate(items: list[Item]) -> Batch:
+    """Pad the items' int16 audio with zeros and their labels with -100."""
     lengths = np.array([item.audio.size for item in items], dtype=np.int64)
     audio = np.zeros((len(items), int(lengths.max())), dtype=np.int16)
     labels = np.full((len(items), max(item.labels.size for item in items)), IGNORE_INDEX, dtype=np.int64)
     for row, item in enumerate(items):
         audio[row, : item.audio.size] = item.audio
         labels[row, : item.labels.size] = item.labels
-    return {
-        "audio": torch.from_numpy(audio),
-        "scales": torch.tensor([item.scale for item in items], dtype=torch.float32),
-        "lengths": torch.from_numpy(lengths),
-        "labels": torch.from_numpy(labels),
-        "indices": torch.tensor([item.index for item in items], dtype=torch.int64),
-    }
+    return Batch(
+        audio=torch.from_numpy(audio),
+        scales=np.array([item.scale for item in items], dtype=np.float32),
+        lengths=lengths,
+        labels=labels,
+        indices=np.array([item.index for item in items], dtype=np.int64),
+    )
 
 
-def model_inputs(
-    batch: dict[str, torch.Tensor], device: torch.device | str, labels: bool = True
-) -> dict[str, torch.Tensor]:
-    """The model's keyword arguments for a compact batch, made on `device`.
+def model_inputs(batch: Batch, device: torch.device | str, labels: bool = True) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments for `batch`, made on `device`.
 
     The int16 samples move first, so 2 bytes per sample go to an accelerator. Padding stays 0.0
-    (Wav2Vec2FeatureExtractor's padding value for normalized audio); the mask is bool, which
-    Wav2Vec2ForCTC takes like 0/1 integers (it only sums it and compares it).
+    (Wav2Vec2FeatureExtractor's padding value for normalized audio). The mask is bool, which
+    Wav2Vec2ForCTC takes like 0/1 integers (it only sums it and marks positions with it).
     """
-    audio = batch["audio"].to(device)
-    inputs = {
-        "input_values": audio.to(torch.float32).mul_(batch["scales"].to(device)[:, None]),
-        "attention_mask": torch.arange(audio.shape[1], device=audio.device) < batch["lengths"].to(device)[:, None],
-    }
+    audio = batch.audio.to(device)
+    scales = torch.from_numpy(batch.scales).to(device)
+    mask = torch.ones(audio.shape, dtype=torch.bool, device=audio.device)
+    for row, length in enumerate(batch.lengths.tolist()):
+        mask[row, length:] = False  # a fill per row: on a CPU, 4x faster than comparing each sample's position
+    inputs = {"input_values": audio.to(torch.float32).mul_(scales[:, None]), "attention_mask": mask}
     if labels:
-        inputs["labels"] = batch["labels"].to(device)
+        inputs["labels"] = torch.from_numpy(batch.labels).to(device)
     return inputs
 
 
 def make_loader(dataset: StoreDataset, sampler: DurationBucketSampler, workers: int) -> DataLoader[Item]:
-    """A DataLoader over `sampler`'s batches; worker processes open the store themselves."""
+    """A DataLoader of `Batch`es over `sampler`'s batches; worker processes open the store themselves."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import jiwer
 import torch
 from transformers import Wav2Vec2Processor
 
-from trainer.data import model_inputs
+from trainer.data import Batch, model_inputs
 from trainer.vocab import decode_labels, decode_predictions
 
 
@@ -34,7 +33,7 @@ class Transcript:
 
 @torch.no_grad()
 def transcribe_batches(
-    model: torch.nn.Module, batches: Iterable[dict[str, Any]], processor: Wav2Vec2Processor, device: torch.device
+    model: torch.nn.Module, batches: Iterable[Batch], processor: Wav2Vec2Processor, device: torch.device
 ) -> list[Transcript]:
     """Greedy CTC transcripts (argmax, merge repeats, drop blanks), in the order of `batches`."""
     was_training = model.training
@@ -43,9 +42,7 @@ def transcribe_batches(
     for batch in batches:
         logits = model(**model_inputs(batch, device, labels=False)).logits
         predictions = decode_predictions(processor, logits.argmax(dim=-1).cpu().tolist())
-        for index, labels, prediction in zip(
-            batch["indices"].tolist(), batch["labels"].tolist(), predictions, strict=True
-        ):
+        for index, labels, prediction in zip(batch.indices.tolist(), batch.labels.tolist(), predictions, strict=True):
             results.append(Transcript(index, decode_labels(processor, labels), prediction))
     model.train(was_training)
     return results
