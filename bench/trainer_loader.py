@@ -4,7 +4,10 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
 (num_workers=1), one full epoch, each path in its own child process, in the same run:
 
 - ours: `trainer.data.StoreDataset` + `trainer.data.collate` with
-  `featstore.sampler.for_store(store, max_batch_seconds=S, seed=0)` (`trainer.data.make_loader`);
+  `featstore.sampler.for_store(store, max_batch_seconds=S, seed=0)` (`trainer.data.make_loader`),
+  each compact int16 batch turned into float32 audio + mask + labels by
+  `trainer.data.model_inputs(batch, "cpu")` inside the timed loop, so both paths deliver the
+  same model-ready tensors in the main process (`ours-w0`: the same with no worker);
 - notebook: the same utterances (store.audio(i), already normalized float32, and the same label
   ids) written with `datasets.Dataset.from_dict({"input_values": ..., "labels": ...})`
   (list<float32> / list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
@@ -45,25 +48,42 @@ import psutil
 SR = 16_000
 
 
-def tree_rss() -> int:
-    me = psutil.Process()
+def tree_rss(processes: list[psutil.Process] | None = None) -> int:
+    """RSS of this process and its children (`processes`: a cached list of them)."""
+    if processes is None:
+        me = psutil.Process()
+        processes = [me, *me.children(recursive=True)]
     total = 0
-    for p in [me, *me.children(recursive=True)]:
+    for p in processes:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             total += p.memory_info().rss
     return total
 
 
 class Monitor:
-    def __init__(self, interval: float = 0.02) -> None:
-        self.peak = 0
+    """Samples the tree's RSS every `interval` s in a thread: `latest` and `peak`.
+
+    Listing children scans all of /proc (~4 ms), so it is redone only every `rescan` samples;
+    a per-batch scan in the timed loop used to cost ~0.5 s per epoch.
+    """
+
+    def __init__(self, interval: float = 0.02, rescan: int = 5) -> None:
+        self.peak = self.latest = 0
         self.interval = interval
+        self.rescan = rescan
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        me = psutil.Process()
+        processes: list[psutil.Process] = []
+        sample = 0
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss())
+            if sample % self.rescan == 0:
+                processes = [me, *me.children(recursive=True)]
+            sample += 1
+            self.latest = tree_rss(processes)
+            self.peak = max(self.peak, self.latest)
             time.sleep(self.interval)
 
     def __enter__(self) -> Monitor:
@@ -98,72 +118,6 @@ class DataCollatorCTCWithPadding:
         labels = labels_batch["input_ids"].masked_fill(labels_batch.attention_mask.ne(1), -100)
         batch["labels"] = labels
         return batch
-
-
-class _LeanDataset:
-    """Diagnostic only (not the trainer's code): labels encoded once up front, int16 + scale sent
-    from the worker, float conversion and attention mask built in the main process."""
-
-    def __init__(self, path: str, labels: list[list[int]]) -> None:
-        self.path, self.labels, self._store = path, labels, None
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, float, list[int]]:
-        import featstore
-
-        if self._store is None:
-            self._store = featstore.open_store(self.path)
-        return self._store.raw_audio(i), float(self._store.scales[i]), self.labels[i]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def _lean_collate(items: list[tuple[np.ndarray, float, list[int]]]) -> dict[str, Any]:
-    import torch
-
-    lengths = np.array([a.size for a, _, _ in items])
-    audio = np.zeros((len(items), lengths.max()), dtype=np.int16)
-    labels = np.full((len(items), max(len(ids) for _, _, ids in items)), -100, dtype=np.int64)
-    for row, (a, _, ids) in enumerate(items):
-        audio[row, : a.size] = a
-        labels[row, : len(ids)] = ids
-    scales = np.array([s for _, s, _ in items], dtype=np.float32)
-    return {
-        "audio": torch.from_numpy(audio),
-        "scales": torch.from_numpy(scales),
-        "lengths": torch.from_numpy(lengths),
-        "labels": torch.from_numpy(labels),
-    }
-
-
-class LeanLoader:
-    def __init__(self, path: str, processor: Any, sampler: Any) -> None:
-        import torch
-        from torch.utils.data import DataLoader
-
-        import featstore
-        from trainer.config import TextOptions
-
-        store = featstore.open_store(path)
-        vocab = processor.tokenizer.get_vocab()
-        unk, delim = vocab["[UNK]"], vocab["|"]
-        text = TextOptions()
-        labels = [[delim if c == " " else vocab.get(c, unk) for c in text.normalize(t)] for t in store.texts]
-        self.loader = DataLoader(
-            _LeanDataset(path, labels),
-            batch_sampler=sampler,
-            collate_fn=_lean_collate,
-            num_workers=1,
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    def __iter__(self) -> Any:
-        import torch
-
-        for b in self.loader:
-            audio = b["audio"].to(torch.float32) * b["scales"][:, None]
-            mask = torch.arange(audio.shape[1])[None, :] < b["lengths"][:, None]
-            yield {"input_values": audio, "attention_mask": mask.long(), "labels": b["labels"]}
 
 
 def build_arrow(store_path: str, arrow_dir: Path, proc_dir: Path) -> dict[str, Any]:
@@ -210,14 +164,16 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     rss_before = tree_rss()
     if args.child in ("ours", "ours-w0"):
         from trainer.config import TextOptions
-        from trainer.data import StoreDataset, make_loader
+        from trainer.data import StoreDataset, make_loader, model_inputs
 
+        t_dataset = time.perf_counter()
         dataset = StoreDataset(args.store, processor, TextOptions())
+        extra["dataset_init_s"] = time.perf_counter() - t_dataset  # opens the store, encodes every label
         loader = make_loader(dataset, sampler, workers=1 if args.child == "ours" else 0)
         extra["batches_per_epoch"] = n_batches
-    elif args.child == "lean":
-        loader = LeanLoader(args.store, processor, sampler)
-        extra["batches_per_epoch"] = n_batches
+
+        def ready(batch: Any) -> tuple[dict[str, Any], int]:
+            return model_inputs(batch, "cpu"), int(batch.lengths.sum())  # the mask is made from these lengths
     else:
         import datasets
         from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -237,6 +193,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         extra["batch_size"] = batch_size
         extra["batches_per_epoch"] = (len(store) + batch_size - 1) // batch_size
 
+        def ready(batch: Any) -> tuple[dict[str, Any], int]:
+            # the collator already gives float32 audio, an int64 mask and labels
+            return batch, int(batch["attention_mask"].sum())
+
     model = opt = None
     if args.train:
         from trainer.model import build_tiny_random
@@ -253,12 +213,13 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     with Monitor() as mon:
         t0 = time.perf_counter()
         last = t0
-        for batch in loader:
+        for delivered in loader:
+            batch, samples = ready(delivered)
             now = time.perf_counter()
             wait.append(now - last)
             batches += 1
-            audio_s += float(batch["attention_mask"].sum()) / SR
-            rss_per_batch.append(tree_rss())
+            audio_s += samples / SR
+            rss_per_batch.append(mon.latest)
             if model is not None and batches <= args.train:
                 s0 = time.perf_counter()
                 out = model(
