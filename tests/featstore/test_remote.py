@@ -13,7 +13,7 @@ import fsspec
 import numpy as np
 import pytest
 
-from featstore import open_store
+from featstore import open_store, storage
 from featstore.ingest import IngestSummary
 from featstore.sample import SampleCorpus
 from featstore.verify import verify_store
@@ -59,6 +59,20 @@ def test_ingest_streams_shards_over_http_into_the_same_store(
     for shard in (corpus.split_dir / "sharded_manifests_with_image" / "audio_shards").iterdir():
         served = sum(n for path, n in CountingHandler.sent.items() if path.endswith(shard.name))
         assert 0 < served <= shard.stat().st_size * 1.05, "each shard is read once, front to back"
+
+
+def test_http_files_stream_from_servers_without_range_requests(
+    http_root: str, corpus: SampleCorpus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(storage, "STREAM_BLOCK_BYTES", 4096)  # many blocks per shard, were they ranged
+    shard = next((corpus.split_dir / "sharded_manifests_with_image" / "audio_shards").iterdir())
+    location = storage.locate(f"{http_root}sharded_manifests_with_image/audio_shards/{shard.name}")
+    with location.open() as stream:
+        pieces = iter(lambda: stream.read(10_000), b"")  # small sequential reads, as tarfile makes
+        assert b"".join(pieces) == shard.read_bytes()
+    manifest = corpus.split_dir / "sharded_manifests_with_image" / "manifest_0.json"
+    with storage.locate(f"{http_root}sharded_manifests_with_image/manifest_0.json").open("r") as text:
+        assert text.read() == manifest.read_text(encoding="utf-8")
 
 
 def test_a_store_at_a_file_url_reads_and_verifies(ingested: tuple[Path, IngestSummary]) -> None:

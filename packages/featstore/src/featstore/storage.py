@@ -18,8 +18,12 @@ import fsspec
 
 from featstore.errors import FeatstoreError
 
-# Remote files are read sequentially in blocks of this size (HTTP range requests, S3 GETs...).
+# Remote files are read sequentially in blocks of this size (S3 and GCS ranged GETs...).
 STREAM_BLOCK_BYTES = 8 * 2**20
+# Over HTTP a file is read as one streamed response instead: one request per file, and it works
+# with servers that ignore range requests (Python's http.server does), where ranged blocks fail
+# past the first one.
+STREAMED_PROTOCOLS = ("http://", "https://")
 
 
 @dataclass(frozen=True, order=True)
@@ -67,10 +71,13 @@ class Location:
         return int(fs.size(path) or 0)
 
     def open(self, mode: str = "rb") -> IO[Any]:
+        """Open for sequential reading (or writing); text is UTF-8."""
         fs, path = self.filesystem()
-        if "b" in mode:
-            return fs.open(path, mode, block_size=STREAM_BLOCK_BYTES)
-        return fs.open(path, mode, encoding="utf-8")
+        streamed = "r" in mode and self.url.startswith(STREAMED_PROTOCOLS)
+        options: dict[str, Any] = {"block_size": 0 if streamed else STREAM_BLOCK_BYTES}
+        if "b" not in mode:
+            options["encoding"] = "utf-8"
+        return fs.open(path, mode, **options)
 
     def read_bytes(self) -> bytes:
         fs, path = self.filesystem()
