@@ -2,27 +2,34 @@
 HTTP-served shards against the same shards on local disk.
 
 Both pairs run in the same invocation, alternating, so the shared machine's load hits them alike;
-the table reports each run and the ratio. Memory is the peak of the whole process tree (Dask
-workers included), sampled by bench/procmon.py.
+the table reports each run and the ratios. Memory is the peak of the whole process tree (Dask
+workers included), sampled by bench/procmon.py. Inspect and the naive loop also run on a store
+of the first --small-shards shards of the same corpus: with memory flat, inspect's peak there
+matches the full store's, and the two sizes give each tool's fixed cost and cost per hour of
+audio, hence the store size from which inspect wins on this machine.
 
-    python bench/inspect_remote.py [--shards 8 --clips 60 --repeat 2]
+    python bench/inspect_remote.py [--shards 8 --clips 220 --repeat 2 --inspect-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from corpus import ensure_corpus
+from featstore import open_store
+
+from corpus import ensure_corpus, source_fingerprint
 from procmon import RunStats, run_monitored
 
 OUT = Path(__file__).parent / "out"
 SCRATCH = Path("/tmp/featstore-bench/inspect_remote")
+# The issue's baseline: every utterance through the reader API, measured with librosa, in one loop.
 NAIVE_LOOP = """
 import sys, time, numpy as np, librosa, featstore
 from featstore.inspection import SILENCE_TOP_DB
@@ -34,6 +41,18 @@ for i in range(len(store)):
     peaks.append(float(np.abs(audio).max())); silences.append((first, audio.size - last))
 print(len(peaks), "utterances measured")
 """
+# The same loop with inspect's numpy trim (identical results, no librosa import): what the
+# parallel tasks alone are worth against one process.
+NAIVE_NUMPY = (
+    NAIVE_LOOP.replace("librosa, ", "")
+    .replace(
+        "_, (first, last) = librosa.effects.trim(audio, top_db=SILENCE_TOP_DB, frame_length=400, hop_length=160)",
+        "first, last = _trim_bounds(audio)",
+    )
+    .replace("import SILENCE_TOP_DB", "import _trim_bounds")
+)
+INSPECT, NAIVE, NAIVE_NP = "inspect (dask)", "naive loop", "naive, numpy trim"
+INSPECT_SMALL, NAIVE_SMALL = "inspect, small", "naive loop, small"
 
 
 def featstore_cli(*args: str) -> list[str]:
@@ -44,10 +63,12 @@ def serve(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     """A plain HTTP server on loopback for `folder`, as a separate process."""
     port_file = SCRATCH / "port"
     port_file.unlink(missing_ok=True)
-    code = ("import http.server, functools, sys, pathlib; "
-            "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1]); "
-            "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h); "
-            "pathlib.Path(sys.argv[2]).write_text(str(s.server_address[1])); s.serve_forever()")
+    code = (
+        "import http.server, functools, sys, pathlib; "
+        "h = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1]); "
+        "s = http.server.ThreadingHTTPServer(('127.0.0.1', 0), h); "
+        "pathlib.Path(sys.argv[2]).write_text(str(s.server_address[1])); s.serve_forever()"
+    )
     process = subprocess.Popen([sys.executable, "-c", code, str(folder), str(port_file)], stderr=subprocess.DEVNULL)
     while not port_file.exists():
         time.sleep(0.05)
@@ -55,56 +76,142 @@ def serve(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     return process, f"http://127.0.0.1:{port_file.read_text()}"
 
 
-def summary(stats: RunStats) -> dict[str, Any]:
-    return {"name": stats.name, "returncode": stats.returncode, "wall_s": round(stats.wall_s, 2),
-            "peak_rss_mb": round(stats.peak_rss_bytes / 1e6, 1), "peak_pss_mb": round(stats.peak_pss_bytes / 1e6, 1),
-            "load_before": round(stats.loadavg_before, 2)}
+def summary(stats: RunStats, attempt: int) -> dict[str, Any]:
+    if stats.returncode:
+        print(stats.stdout_tail, file=sys.stderr)
+    return {
+        "name": stats.name,
+        "attempt": attempt,
+        "returncode": stats.returncode,
+        "wall_s": round(stats.wall_s, 2),
+        "cpu_s": round(stats.cpu_s, 2),
+        "peak_rss_mb": round(stats.peak_rss_bytes / 1e6, 1),
+        "peak_pss_mb": round(stats.peak_pss_bytes / 1e6, 1),
+        "load_before": round(stats.loadavg_before, 2),
+        # distributed's nanny kills a worker that has not exited 4 s after it was asked to
+        "workers_killed": "still alive after" in stats.stdout_tail,
+    }
+
+
+def inspect_command(store: Path, workers: int) -> list[str]:
+    return featstore_cli(
+        "inspect", str(store), "--json", "--workers", str(workers), "--dashboard-address", "127.0.0.1:0"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--clips", type=int, default=60)
+    parser.add_argument("--clips", type=int, default=60, help="clips per shard")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--small-shards", type=int, default=2, help="shards of the store that shows memory is flat")
+    parser.add_argument(
+        "--inspect-only", action="store_true", help="skip the ingest pairs; inspect the store an earlier run left"
+    )
     args = parser.parse_args()
     corpus = ensure_corpus(args.shards, args.clips, (6, 14))
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    server, base = serve(corpus.root)
+    work = SCRATCH / "work"
+    store, small = SCRATCH / "ingest_local.zarr", SCRATCH / f"first_{args.small_shards}_shards.zarr"
+    if args.inspect_only and not store.exists():
+        sys.exit(f"{store} is missing: run once without --inspect-only")
     common = ["--workers", str(args.workers), "--dashboard-address", "127.0.0.1:0", "--no-progress", "--overwrite"]
+    if not (args.inspect_only and small.exists()):
+        subprocess.run(
+            featstore_cli("ingest", str(corpus.split_dir), "--out", str(small), "--max-shards", str(args.small_shards))
+            + common,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    load_start = os.getloadavg()
+    server, base = serve(corpus.root)
     runs: list[dict[str, Any]] = []
     try:
         for attempt in range(args.repeat):
-            for name, source in (("ingest local", str(corpus.split_dir)), ("ingest http", f"{base}/train_tarred/")):
-                out = SCRATCH / f"{name.replace(' ', '_')}.zarr"
-                stats = run_monitored(name, featstore_cli("ingest", source, "--out", str(out), *common), SCRATCH / "work", exclude=[out])
-                runs.append({**summary(stats), "attempt": attempt})
-            store = SCRATCH / "ingest_local.zarr"
-            inspect = run_monitored("inspect (dask)", featstore_cli("inspect", str(store), "--json", "--workers", str(args.workers),
-                                                                    "--dashboard-address", "127.0.0.1:0"), SCRATCH / "work")
-            naive = run_monitored("naive loop", [sys.executable, "-c", NAIVE_LOOP, str(store)], SCRATCH / "work")
-            runs += [{**summary(inspect), "attempt": attempt}, {**summary(naive), "attempt": attempt}]
+            if not args.inspect_only:
+                for name, source in (("ingest local", str(corpus.split_dir)), ("ingest http", f"{base}/train_tarred/")):
+                    out = SCRATCH / f"{name.replace(' ', '_')}.zarr"
+                    command = featstore_cli("ingest", source, "--out", str(out), *common)
+                    runs.append(summary(run_monitored(name, command, work, exclude=[out]), attempt))
+            for name, command in (
+                (INSPECT, inspect_command(store, args.workers)),
+                (NAIVE, [sys.executable, "-c", NAIVE_LOOP, str(store)]),
+                (NAIVE_NP, [sys.executable, "-c", NAIVE_NUMPY, str(store)]),
+                (INSPECT_SMALL, inspect_command(small, args.workers)),
+                (NAIVE_SMALL, [sys.executable, "-c", NAIVE_LOOP, str(small)]),
+            ):
+                runs.append(summary(run_monitored(name, command, work), attempt))
     finally:
         server.terminate()
-    by_name: dict[str, list[float]] = {}
+    load_end = os.getloadavg()
+    by_name: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
-        by_name.setdefault(run["name"], []).append(run["wall_s"])
-    best = {name: min(walls) for name, walls in by_name.items()}
+        by_name.setdefault(run["name"], []).append(run)
+    best = {name: min(r["wall_s"] for r in group) for name, group in by_name.items()}
+    least_cpu = {name: min(r["cpu_s"] for r in group) for name, group in by_name.items()}
+    peak_pss = {name: max(r["peak_pss_mb"] for r in group) for name, group in by_name.items()}
+    hours = {size: float(open_store(path).durations.sum() / 3600) for size, path in (("full", store), ("small", small))}
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "code": source_fingerprint(),
         "corpus": {"shards": corpus.shards, "clips": corpus.clips, "audio_h": round(corpus.audio_seconds / 3600, 3)},
+        "small_store_shards": args.small_shards,
+        "loadavg_start": load_start,
+        "loadavg_end": load_end,
         "runs": runs,
         "best_wall_s": best,
-        "http_over_local": round(best["ingest http"] / best["ingest local"], 3),
-        "inspect_speedup_over_naive": round(best["naive loop"] / best["inspect (dask)"], 2),
+        "max_peak_pss_mb": peak_pss,
+        "inspect_speedup_over_naive": round(best[NAIVE] / best[INSPECT], 2),
+        "inspect_speedup_over_naive_numpy_trim": round(best[NAIVE_NP] / best[INSPECT], 2),
+        "inspect_peak_pss_full_over_small": round(peak_pss[INSPECT] / peak_pss[INSPECT_SMALL], 3),
+        "store_hours": hours,
+        "cost_lines": {
+            measure: {
+                tool: fit_line(hours, values[full], values[small_name])
+                for tool, full, small_name in (("inspect", INSPECT, INSPECT_SMALL), ("naive", NAIVE, NAIVE_SMALL))
+            }
+            for measure, values in (("best_wall_s", best), ("least_cpu_s", least_cpu))
+        },
     }
+    if not args.inspect_only:
+        result["http_over_local"] = round(best["ingest http"] / best["ingest local"], 3)
     OUT.mkdir(exist_ok=True)
     (OUT / "inspect_remote.json").write_text(json.dumps(result, indent=2))
-    print(f"{'run':<16}{'attempt':>8}{'wall s':>9}{'peak RSS MB':>13}{'peak PSS MB':>13}{'load':>6}")
-    for run in runs:
-        print(f"{run['name']:<16}{run['attempt']:>8}{run['wall_s']:>9}{run['peak_rss_mb']:>13}{run['peak_pss_mb']:>13}{run['load_before']:>6}")
-    print(f"HTTP ingest / local ingest (best of {args.repeat}): {result['http_over_local']}  (target <= 1.20)")
+    print(f"load average at start {load_start}, at end {load_end}")
+    header = f"{'run':<19}{'attempt':>8}{'wall s':>9}{'cpu s':>8}{'peak RSS MB':>13}{'peak PSS MB':>13}{'load':>6}"
+    print(header + "  workers killed")
+    for r in runs:
+        print(
+            f"{r['name']:<19}{r['attempt']:>8}{r['wall_s']:>9}{r['cpu_s']:>8}{r['peak_rss_mb']:>13}"
+            f"{r['peak_pss_mb']:>13}{r['load_before']:>6}  {'yes' if r['workers_killed'] else 'no':>14}"
+        )
+    if not args.inspect_only:
+        print(f"HTTP ingest / local ingest (best of {args.repeat}): {result['http_over_local']}  (target <= 1.20)")
     print(f"naive loop / inspect (best of {args.repeat}): {result['inspect_speedup_over_naive']}x  (target > 1)")
+    print(f"naive loop with numpy trim / inspect: {result['inspect_speedup_over_naive_numpy_trim']}x")
+    print(
+        f"inspect peak PSS, {args.shards} shards / {args.small_shards} shards: "
+        f"{result['inspect_peak_pss_full_over_small']}  (flat: about 1)"
+    )
+    for measure, lines in result["cost_lines"].items():
+        inspect, naive = lines["inspect"], lines["naive"]
+        print(
+            f"{measure}: inspect {inspect['fixed']} + {inspect['per_hour']}/h, naive {naive['fixed']} + "
+            f"{naive['per_hour']}/h: inspect wins from {break_even(inspect, naive)} h of audio"
+        )
+
+
+def fit_line(hours: dict[str, float], full: float, small: float) -> dict[str, float]:
+    """Fixed cost and cost per hour of audio, through the small and full stores' measurements."""
+    per_hour = (full - small) / (hours["full"] - hours["small"])
+    return {"fixed": round(full - per_hour * hours["full"], 2), "per_hour": round(per_hour, 2)}
+
+
+def break_even(inspect: dict[str, float], naive: dict[str, float]) -> str:
+    if inspect["per_hour"] >= naive["per_hour"]:
+        return "never" if inspect["fixed"] >= naive["fixed"] else "0"
+    return f"{max(0.0, (inspect['fixed'] - naive['fixed']) / (naive['per_hour'] - inspect['per_hour'])):.1f}"
 
 
 if __name__ == "__main__":
