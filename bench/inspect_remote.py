@@ -5,8 +5,8 @@ Both pairs run in the same invocation, alternating, so the shared machine's load
 the table reports each run and the ratios. Memory is the peak of the whole process tree (Dask
 workers included), sampled by bench/procmon.py. Inspect and the naive loop also run on a store
 of the first --small-shards shards of the same corpus: with memory flat, inspect's peak there
-matches the full store's, and the two sizes give each tool's fixed cost and cost per hour of
-audio, hence the store size from which inspect wins on this machine.
+matches the full store's, and the time both take there shows how much of it is fixed cost.
+Last, one run of inspect's steps in a fresh process says where its time goes.
 
     python bench/inspect_remote.py [--shards 8 --clips 220 --repeat 2 --inspect-only]
 """
@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-from featstore import open_store
 
 from corpus import ensure_corpus, source_fingerprint
 from procmon import RunStats, run_monitored
@@ -52,6 +50,37 @@ NAIVE_NUMPY = (
     .replace("import SILENCE_TOP_DB", "import _trim_bounds")
 )
 INSPECT, NAIVE, NAIVE_NP = "inspect (dask)", "naive loop", "naive, numpy trim"
+# Inspect's steps, timed: wall and CPU seconds of the main process and each worker process.
+PHASES = """
+import json, resource, sys, time
+started = time.perf_counter()
+import dask
+from featstore.ingest import dask_client
+from featstore.inspection import inspect_store
+from featstore.reader import open_store
+
+def cpu():
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return round(usage.ru_utime + usage.ru_stime, 2)
+
+phases = []
+def phase(name, workers=None):
+    phases.append({"phase": name, "end_s": round(time.perf_counter() - started, 2), "main_cpu_s": cpu(),
+                   "workers_cpu_s": sorted(workers.values()) if workers else None})
+
+store = open_store(sys.argv[1])
+phase("imports, open the store")
+with dask.config.set(scheduler="sync"):
+    inspect_store(store)
+phase("all the measuring, in this process alone (reference)")
+with dask_client(int(sys.argv[2]), "2GiB", None, "127.0.0.1:0") as client:
+    phase("start the cluster", client.run(cpu))
+    inspect_store(store)
+    phase("measure with the cluster", client.run(cpu))
+phase("close the cluster")
+print(json.dumps(phases))
+"""
 INSPECT_SMALL, NAIVE_SMALL = "inspect, small", "naive loop, small"
 
 
@@ -149,9 +178,16 @@ def main() -> None:
     for run in runs:
         by_name.setdefault(run["name"], []).append(run)
     best = {name: min(r["wall_s"] for r in group) for name, group in by_name.items()}
-    least_cpu = {name: min(r["cpu_s"] for r in group) for name, group in by_name.items()}
     peak_pss = {name: max(r["peak_pss_mb"] for r in group) for name, group in by_name.items()}
-    hours = {size: float(open_store(path).durations.sum() / 3600) for size, path in (("full", store), ("small", small))}
+    phases = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", PHASES, str(store), str(args.workers)],
+            cwd=work,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "code": source_fingerprint(),
@@ -165,14 +201,8 @@ def main() -> None:
         "inspect_speedup_over_naive": round(best[NAIVE] / best[INSPECT], 2),
         "inspect_speedup_over_naive_numpy_trim": round(best[NAIVE_NP] / best[INSPECT], 2),
         "inspect_peak_pss_full_over_small": round(peak_pss[INSPECT] / peak_pss[INSPECT_SMALL], 3),
-        "store_hours": hours,
-        "cost_lines": {
-            measure: {
-                tool: fit_line(hours, values[full], values[small_name])
-                for tool, full, small_name in (("inspect", INSPECT, INSPECT_SMALL), ("naive", NAIVE, NAIVE_SMALL))
-            }
-            for measure, values in (("best_wall_s", best), ("least_cpu_s", least_cpu))
-        },
+        "inspect_phases": phases,
+        "loadavg_after_phases": os.getloadavg(),
     }
     if not args.inspect_only:
         result["http_over_local"] = round(best["ingest http"] / best["ingest local"], 3)
@@ -194,24 +224,10 @@ def main() -> None:
         f"inspect peak PSS, {args.shards} shards / {args.small_shards} shards: "
         f"{result['inspect_peak_pss_full_over_small']}  (flat: about 1)"
     )
-    for measure, lines in result["cost_lines"].items():
-        inspect, naive = lines["inspect"], lines["naive"]
-        print(
-            f"{measure}: inspect {inspect['fixed']} + {inspect['per_hour']}/h, naive {naive['fixed']} + "
-            f"{naive['per_hour']}/h: inspect wins from {break_even(inspect, naive)} h of audio"
-        )
-
-
-def fit_line(hours: dict[str, float], full: float, small: float) -> dict[str, float]:
-    """Fixed cost and cost per hour of audio, through the small and full stores' measurements."""
-    per_hour = (full - small) / (hours["full"] - hours["small"])
-    return {"fixed": round(full - per_hour * hours["full"], 2), "per_hour": round(per_hour, 2)}
-
-
-def break_even(inspect: dict[str, float], naive: dict[str, float]) -> str:
-    if inspect["per_hour"] >= naive["per_hour"]:
-        return "never" if inspect["fixed"] >= naive["fixed"] else "0"
-    return f"{max(0.0, (inspect['fixed'] - naive['fixed']) / (naive['per_hour'] - inspect['per_hour'])):.1f}"
+    print(f"inspect's steps (load average after: {result['loadavg_after_phases']})")
+    print(f"{'step':<54}{'ends at s':>10}{'main cpu s':>11}  workers cpu s")
+    for step in phases:
+        print(f"{step['phase']:<54}{step['end_s']:>10}{step['main_cpu_s']:>11}  {step['workers_cpu_s'] or ''}")
 
 
 if __name__ == "__main__":
