@@ -6,8 +6,8 @@ nothing large is pickled. Batches come from featstore's length-grouped sampler, 
 little and read each chunk about once per epoch.
 
 Batches stay compact until they reach the model's device: the stored int16 samples with a scale
-and a length per row (2 bytes per sample through the worker's pipe and to a GPU, against 12 for
-float32 audio plus an int64 mask); `model_inputs` makes the float audio and the mask there.
+and a length per row, 2 bytes per sample from a worker and to a GPU (float32 audio plus an int64
+mask was 12). `model_inputs` makes the float audio and the mask there.
 """
 
 from __future__ import annotations
