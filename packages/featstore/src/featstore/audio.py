@@ -83,9 +83,13 @@ class SourceLevels:
 
 
 def measure_levels(samples: np.ndarray) -> SourceLevels:
-    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
-    clipping = float(np.mean(np.abs(samples) >= 0.999)) if samples.size else 0.0
-    return SourceLevels(level_db=round(20 * np.log10(max(rms, 1e-10)), 2), clipping=round(clipping, 6))
+    """RMS level and clipping rate, in few passes: a dot product, then a full-scale count only when needed."""
+    if not samples.size:
+        return SourceLevels(level_db=-200.0, clipping=0.0)
+    rms = float(np.sqrt(np.dot(samples, samples) / samples.size))
+    peak = max(float(samples.max()), -float(samples.min()))
+    clipping = np.count_nonzero(np.abs(samples) >= 0.999) / samples.size if peak >= 0.999 else 0.0
+    return SourceLevels(level_db=round(20 * np.log10(max(rms, 1e-10)), 2), clipping=round(float(clipping), 6))
 
 
 def normalize(samples: np.ndarray) -> np.ndarray:

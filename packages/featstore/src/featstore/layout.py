@@ -271,7 +271,7 @@ def chunk_codec() -> numcodecs.Blosc:
 
 def hash_utterance(digest: Any, samples: np.ndarray, row: dict[str, Any]) -> None:
     """Feed one utterance into a shard checksum: its int16 bytes, then its row as sorted-key JSON."""
-    digest.update(samples.tobytes())
+    digest.update(np.ascontiguousarray(samples).data)
     digest.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
 
 
