@@ -1,4 +1,4 @@
-"""`trainer fit` under torchrun: two CPU processes, gloo, each rank its share of every epoch."""
+"""`trainer fit` under torchrun and accelerate launch: two CPU processes, gloo, each rank its share of every epoch."""
 
 from __future__ import annotations
 
@@ -8,19 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer.metrics import read_metrics
 from trainer.run import RunDir
 
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    # accelerate's multi-process launch is torchrun underneath; with no GPU, fit picks the CPU and gloo.
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    + ["--mixed_precision", "no", "--dynamo_backend", "no"],
+}
 
-def test_two_process_torchrun_fit(stores, tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_process_fit(launcher: str, stores, tmp_path: Path) -> None:
     out = tmp_path / "run"
     command = [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
+        *LAUNCHERS[launcher],
         "-m",
         "trainer.cli",
         "fit",
@@ -57,3 +63,4 @@ def test_two_process_torchrun_fit(stores, tmp_path: Path) -> None:
     assert [r["step"] for r in read_metrics(run.metrics) if "loss" in r] == [1, 2, 3]  # rank 0 alone writes
     assert (run.adapter / "adapter_model.safetensors").is_file()
     assert result.stdout.count("trainable parameters") == 1
+    assert result.stdout.count("trained 3 steps") == 1  # one report, from rank 0

@@ -176,6 +176,8 @@ def fit_command(
         **training,
     )
     result = fit(config, out, resume=resume, overwrite=overwrite)
+    if not result.main_process:
+        return
     if result.best is not None:
         click.echo(
             f"best eval at step {int(result.best['step'])}: WER {result.best['wer']:.4f}  CER {result.best['cer']:.4f}"

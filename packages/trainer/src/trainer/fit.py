@@ -96,6 +96,7 @@ class FitResult:
     trainable_parameters: int
     total_parameters: int
     seconds: float
+    main_process: bool  # rank 0 (or the only process): the one that reports
 
 
 def fit(
@@ -263,7 +264,15 @@ def fit(
         plot_metrics(read_metrics(run.metrics), run.plot)
     d.barrier()
     return FitResult(
-        model, out, progress.step, final_step, best_evaluation(progress), trainable, total, time.monotonic() - started
+        model,
+        out,
+        progress.step,
+        final_step,
+        best_evaluation(progress),
+        trainable,
+        total,
+        time.monotonic() - started,
+        d.is_main,
     )
 
 
