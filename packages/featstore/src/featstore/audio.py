@@ -22,10 +22,28 @@ NORM_EPSILON = 1e-7
 # speech-like audio (bench/speech_bytes.py) needed ~80 MB/h, over the 77 MB/h budget.
 QUANT_STEP = 2.0e-3
 INT16_MAX = 32767
+# Float audio (wav, flac, ...) is passed through as stored. Full scale is 1.0; a sample beyond
+# 1000 (60 dB over full scale) is not a loud recording but a broken one, and its square would
+# take the level and normalization towards overflow.
+MAX_ABS_SAMPLE = 1000.0
 
 
 class DecodeError(Exception):
     """The bytes are not audio that PyAV can decode."""
+
+    reason = "undecodable"
+
+
+class NonFiniteAudio(DecodeError):
+    """The decoded samples hold NaN or infinity (float formats pass them through)."""
+
+    reason = "non_finite_audio"
+
+
+class OutOfRangeAudio(DecodeError):
+    """The decoded samples are finite but far beyond full scale."""
+
+    reason = "out_of_range_audio"
 
 
 @dataclass(frozen=True)
@@ -57,10 +75,24 @@ def decode_clip(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         raise DecodeError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
     if decoded is None or not decoded.samples or not source_rate:
         raise DecodeError("no audio frames")
-    mono = _to_mono(decoded)
+    mono = _check_samples(_to_mono(decoded))
     if source_rate == sample_rate:
         return mono
     return soxr.resample(mono, source_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def _check_samples(samples: np.ndarray) -> np.ndarray:
+    """Refuse samples that normalization would turn into zeros and the index into NaN levels.
+
+    Checked before resampling, which would spread one bad sample over its neighbours.
+    """
+    peak = max(float(samples.max()), -float(samples.min()))  # NaN if any sample is NaN
+    if not np.isfinite(peak):
+        bad = int(np.count_nonzero(~np.isfinite(samples)))
+        raise NonFiniteAudio(f"{bad} of {samples.size} samples are NaN or infinite")
+    if peak > MAX_ABS_SAMPLE:
+        raise OutOfRangeAudio(f"peak {peak:.3g} is beyond +-{MAX_ABS_SAMPLE:g} (full scale is 1)")
+    return samples
 
 
 def _to_mono(frame: av.AudioFrame) -> np.ndarray:
