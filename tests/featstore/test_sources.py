@@ -52,7 +52,8 @@ def test_image_shards_are_not_audio(corpus: SampleCorpus, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(("text", "expected"), [("0,3,5-9", {0, 3, 5, 6, 7, 8, 9}), ("2", {2}), (" 1 , 4-4 ", {1, 4})])
 def test_parses_shard_selections(text: str, expected: set[int]) -> None:
-    assert parse_shard_selection(text) == expected
+    selection = parse_shard_selection(text)
+    assert {shard_id for shard_id in range(20) if shard_id in selection} == expected
 
 
 @pytest.mark.parametrize("text", ["a", "3-1", "1-2-3"])
@@ -67,6 +68,9 @@ def test_selects_by_number_and_by_count(corpus: SampleCorpus) -> None:
     assert [s.shard_id for s in select_shards(found, None, 2)] == [0, 1]
     with pytest.raises(FeatstoreError, match="no shard numbered 7"):
         select_shards(found, {7}, None)
+    assert [s.shard_id for s in select_shards(found, parse_shard_selection("1-99999999999"), None)] == [1, 2]
+    with pytest.raises(FeatstoreError, match="no shard in the range 5-99999999999"):
+        select_shards(found, parse_shard_selection("0,5-99999999999"), None)
 
 
 def test_missing_input_and_empty_directory_are_user_errors(tmp_path: Path) -> None:

@@ -9,10 +9,12 @@ after a re-run, with the same content as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,10 +39,12 @@ from featstore.layout import (
 from featstore.shards import UnreadableShard, iter_members
 from featstore.sources import (
     Corpus,
+    ShardSelection,
     ShardSource,
     discover,
     iter_manifest_lines,
     member_key,
+    record_problem,
     record_shard,
     records_for_shard,
     select_shards,
@@ -144,6 +148,10 @@ def _store_member(
     if data is None:
         writer.reject(name, "member_too_large", f"larger than --max-member-bytes {settings.max_member_bytes}")
         return 0.0
+    problem = record_problem(record)
+    if problem:
+        writer.reject(name, "bad_record", problem)
+        return 0.0
     text = record.get("text")
     if not settings.keep_empty_text and (not isinstance(text, str) or not text.strip()):
         writer.reject(name, "empty_text", "text is null" if text is None else "text is empty")
@@ -151,7 +159,7 @@ def _store_member(
     try:
         audio = decode_clip(data)
     except DecodeError as error:
-        writer.reject(name, "undecodable", str(error))
+        writer.reject(name, error.reason, str(error))
         return 0.0
     seconds = audio.size / SAMPLE_RATE
     expected = record.get("duration")
@@ -224,7 +232,7 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
         seen.add(key)
         clips[shard_id] += 1
         duration = line.record.get("duration")
-        seconds[shard_id] += float(duration) if isinstance(duration, (int, float)) else 0.0
+        seconds[shard_id] += float(duration) if isinstance(duration, (int, float)) and math.isfinite(duration) else 0.0
     return ManifestScan(clips, seconds, rejects)
 
 
@@ -306,7 +314,7 @@ def ingest(
     out: str | Path,
     *,
     settings: IngestSettings | None = None,
-    shard_selection: set[int] | None = None,
+    shard_selection: ShardSelection | AbstractSet[int] | None = None,
     max_shards: int | None = None,
     workers: int | None = None,
     memory_limit: str = "2GiB",

@@ -9,8 +9,10 @@ shard holding its clip.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,7 @@ from featstore.storage import Location
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -81,9 +84,23 @@ def discover(root: Location) -> Corpus:
     return Corpus(shards=tuple(shards[i] for i in sorted(shards)), manifests=manifests)
 
 
-def parse_shard_selection(text: str) -> set[int]:
-    """'0,3,5-9' -> {0, 3, 5, 6, 7, 8, 9}."""
-    chosen: set[int] = set()
+@dataclass(frozen=True)
+class ShardSelection:
+    """`--shards` as written: numbers and inclusive ranges, never expanded (a range may be huge)."""
+
+    ranges: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def of(cls, shard_ids: AbstractSet[int]) -> ShardSelection:
+        return cls(tuple((shard_id, shard_id) for shard_id in sorted(shard_ids)))
+
+    def __contains__(self, shard_id: object) -> bool:
+        return isinstance(shard_id, int) and any(first <= shard_id <= last for first, last in self.ranges)
+
+
+def parse_shard_selection(text: str) -> ShardSelection:
+    """'0,3,5-9' -> numbers 0 and 3 and the range 5-9."""
+    ranges: list[tuple[int, int]] = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not match:
@@ -91,17 +108,25 @@ def parse_shard_selection(text: str) -> set[int]:
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
             raise FeatstoreError(f"--shards: range '{part}' runs backwards")
-        chosen.update(range(first, last + 1))
-    return chosen
+        ranges.append((first, last))
+    return ShardSelection(tuple(ranges))
 
 
-def select_shards(corpus: Corpus, selection: set[int] | None, max_shards: int | None) -> tuple[ShardSource, ...]:
+def select_shards(
+    corpus: Corpus, selection: ShardSelection | AbstractSet[int] | None, max_shards: int | None
+) -> tuple[ShardSource, ...]:
+    """The shards chosen by number or range (checked against the shards that exist), then by count."""
     shards = corpus.shards
     if selection is not None:
-        missing = sorted(selection - {s.shard_id for s in shards})
+        chosen = selection if isinstance(selection, ShardSelection) else ShardSelection.of(selection)
+        found = [s.shard_id for s in shards]
+        missing = [str(first) for first, last in chosen.ranges if first == last and first not in found]
         if missing:
-            raise FeatstoreError(f"--shards: no shard numbered {', '.join(map(str, missing))} in the input")
-        shards = tuple(s for s in shards if s.shard_id in selection)
+            raise FeatstoreError(f"--shards: no shard numbered {', '.join(missing)} in the input")
+        empty = [f"{first}-{last}" for first, last in chosen.ranges if not any(first <= i <= last for i in found)]
+        if empty:
+            raise FeatstoreError(f"--shards: no shard in the range {empty[0]} in the input")
+        shards = tuple(s for s in shards if s.shard_id in chosen)
     if max_shards is not None:
         shards = shards[:max_shards]
     if not shards:
@@ -110,22 +135,78 @@ def select_shards(corpus: Corpus, selection: set[int] | None, max_shards: int | 
 
 
 def iter_manifest_lines(manifests: tuple[Location, ...]) -> Iterator[ManifestLine]:
-    """Every non-blank line of every manifest, parsed, one at a time (bounded memory)."""
+    """Every non-blank line of every manifest, parsed, one at a time (bounded memory).
+
+    Read as bytes and decoded line by line, so that one line that is not UTF-8 is one bad line,
+    not a failed file; a UTF-8 byte order mark before the first line is ignored.
+    """
     for manifest in manifests:
-        with manifest.open("rt") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                source = f"{manifest.name}:{number}"
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield ManifestLine(source, None, f"not valid JSON ({error.msg})")
-                    continue
-                if not isinstance(record, dict) or not isinstance(record.get("audio_filepath"), str):
-                    yield ManifestLine(source, None, "no audio_filepath")
-                    continue
-                yield ManifestLine(source, record)
+        with manifest.open("rb") as lines:
+            for number, raw in enumerate(lines, start=1):
+                line = _parse_line(raw.removeprefix(UTF8_BOM) if number == 1 else raw, f"{manifest.name}:{number}")
+                if line is not None:
+                    yield line
+
+
+def _parse_line(raw: bytes, source: str) -> ManifestLine | None:
+    """One manifest line as a record, or why it is not one; None for a blank line."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return ManifestLine(source, None, f"not valid UTF-8 (byte {error.start + 1}: {raw[error.start]:#04x})")
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        return ManifestLine(source, None, f"not valid JSON ({error.msg})")
+    if not isinstance(record, dict) or not isinstance(record.get("audio_filepath"), str):
+        return ManifestLine(source, None, "no audio_filepath")
+    if not _is_unicode(record["audio_filepath"]):
+        return ManifestLine(source, None, "audio_filepath is not valid Unicode (a lone surrogate)")
+    return ManifestLine(source, record)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why a record cannot be stored as it is, or None.
+
+    Its duration must be a finite number >= 0 when present; no field may hold a non-finite
+    number (JSON has none, Python's parser accepts NaN and Infinity) or a lone surrogate
+    (valid escaped JSON, but not encodable text).
+    """
+    duration = record.get("duration")
+    if isinstance(duration, (int, float)) and not (math.isfinite(duration) and duration >= 0):
+        return f"duration is {duration}"
+    for key, value in record.items():
+        problem = _value_problem(key) or _value_problem(value)
+        if problem:
+            return f"field '{printable(key)}' {problem}"
+    return None
+
+
+def _value_problem(value: Any) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value}"
+    if isinstance(value, str) and not _is_unicode(value):
+        return "has a lone surrogate (not valid Unicode)"
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return next(filter(None, map(_value_problem, value)), None)
+    return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """Text that any JSON encoder and terminal takes: lone surrogates written as escapes (\\udcff)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def record_shard(record: dict[str, Any], source: str) -> int | None:
