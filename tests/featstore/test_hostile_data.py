@@ -25,8 +25,9 @@ import av
 import numpy as np
 import pytest
 
+from featstore.layout import IngestSettings
 from featstore.reader import open_store
-from featstore.sample import SampleCorpus, ToneVoice, synthesize, write_sample_corpus
+from featstore.sample import ENCODE_RATE, SampleCorpus, ToneVoice, encode_webm_opus, synthesize, write_sample_corpus
 from featstore.verify import verify_store
 
 from conftest import quiet_ingest
@@ -219,7 +220,7 @@ def test_a_member_over_the_size_limit_is_skipped_and_the_clips_after_it_are_kept
     assert reject["audio_filepath"] == "bomb.webm" and reject["detail"] == "larger than --max-member-bytes 67108864"
 
 
-def test_non_finite_and_huge_float_samples_are_rejects(split: Path, tmp_path: Path) -> None:
+def test_non_finite_huge_and_endless_audio_are_rejects(split: Path, tmp_path: Path) -> None:
     tone = synthesize("abc abc", ToneVoice(), np.random.default_rng(1), rate=16_000)
     bad = np.arange(tone.size) == tone.size // 2
     clips = {
@@ -228,17 +229,21 @@ def test_non_finite_and_huge_float_samples_are_rejects(split: Path, tmp_path: Pa
         "float_inf.wav": np.where(bad, -np.inf, tone),
         "float_huge.wav": np.where(bad, 1e30, tone),
     }
-    shard_file(split, 1).write_bytes(lzma.compress(build_tar([(n, float_wav(a)) for n, a in clips.items()])))
+    members = [(name, float_wav(audio)) for name, audio in clips.items()]
+    # 12 s of opus at 6 kbit/s in ~10 KB: such members can decode to GBs, so decoding stops past the limit.
+    members.append(("endless.webm", encode_webm_opus(np.zeros(12 * ENCODE_RATE, np.float32), bitrate=6_000)))
+    shard_file(split, 1).write_bytes(lzma.compress(build_tar(members)))
     seconds = round(tone.size / 16_000, 3)
     template = records(split, 1)[0]
-    write_records(split, 1, [{**template, "audio_filepath": name, "duration": seconds} for name in clips])
+    write_records(split, 1, [{**template, "audio_filepath": name, "duration": seconds} for name, _ in members])
     out = tmp_path / "s.zarr"
-    summary = quiet_ingest(split, out, shard_selection={1}, workers=1)
+    summary = quiet_ingest(split, out, settings=IngestSettings(max_duration=5.0), shard_selection={1}, workers=1)
     assert summary.clips == 1 and not summary.shards_failed
-    assert assert_store_is_sound(out) == {"non_finite_audio": 2, "out_of_range_audio": 1}
+    assert assert_store_is_sound(out) == {"non_finite_audio": 2, "out_of_range_audio": 1, "too_long": 1}
     details = {r["audio_filepath"]: (r["reason"], r["detail"]) for r in open_store(out).rejects}
     assert details["float_nan.wav"] == ("non_finite_audio", f"1 of {tone.size} samples are NaN or infinite")
     assert details["float_huge.wav"][0] == "out_of_range_audio" and "1e+30" in details["float_huge.wav"][1]
+    assert details["endless.webm"][0] == "too_long" and "over 5 s (decoding stopped at 6." in details["endless.webm"][1]
     assert open_store(out).record(0)["audio_filepath"] == "float_ok.wav"
 
 

@@ -46,6 +46,12 @@ class OutOfRangeAudio(DecodeError):
     reason = "out_of_range_audio"
 
 
+class TooLongAudio(DecodeError):
+    """Decoding passed the caller's limit and stopped there."""
+
+    reason = "too_long"
+
+
 @dataclass(frozen=True)
 class QuantizedClip:
     """A normalized utterance as int16 samples; float value = samples * scale."""
@@ -54,8 +60,12 @@ class QuantizedClip:
     scale: float
 
 
-def decode_clip(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode audio bytes to mono float32 at `sample_rate` (soxr high quality)."""
+def decode_clip(data: bytes, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Decode audio bytes to mono float32 at `sample_rate` (soxr high quality).
+
+    With `max_seconds`, decoding stops (TooLongAudio) a second past it: a few MB of low-bitrate
+    opus can hold hours of audio, many GB once decoded.
+    """
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.audio:
@@ -65,9 +75,13 @@ def decode_clip(data: bytes, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
             # Gathering the decoded frames in FFmpeg's FIFO and converting once is ~3x faster
             # than converting each 20 ms opus frame in Python.
             fifo = av.AudioFifo()
+            limit = None if max_seconds is None else (max_seconds + 1) * source_rate
             for frame in container.decode(stream):
                 frame.pts = None
                 fifo.write(frame)
+                if limit is not None and fifo.samples > limit:
+                    stopped = fifo.samples / source_rate
+                    raise TooLongAudio(f"over {max_seconds:g} s (decoding stopped at {stopped:.1f} s)")
             decoded = fifo.read()
     except DecodeError:
         raise

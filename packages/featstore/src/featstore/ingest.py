@@ -157,7 +157,7 @@ def _store_member(
         writer.reject(name, "empty_text", "text is null" if text is None else "text is empty")
         return 0.0
     try:
-        audio = decode_clip(data)
+        audio = decode_clip(data, max_seconds=settings.max_duration)
     except DecodeError as error:
         writer.reject(name, error.reason, str(error))
         return 0.0
