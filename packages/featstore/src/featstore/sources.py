@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from featstore.errors import FeatstoreError
 from featstore.storage import Location
@@ -22,6 +22,7 @@ from featstore.storage import Location
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz")
 _TRAILING_NUMBER = re.compile(r"(\d+)$")
 UTF8_BOM = b"\xef\xbb\xbf"
+LINE_BLOCK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -141,11 +142,27 @@ def iter_manifest_lines(manifests: tuple[Location, ...]) -> Iterator[ManifestLin
     not a failed file; a UTF-8 byte order mark before the first line is ignored.
     """
     for manifest in manifests:
-        with manifest.open("rb") as lines:
-            for number, raw in enumerate(lines, start=1):
+        with manifest.open("rb") as stream:
+            for number, raw in enumerate(_byte_lines(stream), start=1):
                 line = _parse_line(raw.removeprefix(UTF8_BOM) if number == 1 else raw, f"{manifest.name}:{number}")
                 if line is not None:
                     yield line
+
+
+def _byte_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    """The lines of a binary stream, read in blocks: fsspec's own readline seeks, which a
+    streamed HTTP file cannot do."""
+    pending: list[bytes] = []
+    while block := stream.read(LINE_BLOCK_BYTES):
+        first, *rest = block.split(b"\n")
+        if rest:
+            yield b"".join([*pending, first])
+            yield from rest[:-1]
+            pending = [rest[-1]]
+        else:
+            pending.append(first)
+    if any(pending):
+        yield b"".join(pending)
 
 
 def _parse_line(raw: bytes, source: str) -> ManifestLine | None:
