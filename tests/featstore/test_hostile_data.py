@@ -126,6 +126,7 @@ def cli_ingest(split: Path, out: Path, *options: str) -> subprocess.CompletedPro
     )  # fmt: skip
 
 
+@pytest.mark.slow  # three featstore processes, two of them with a Dask cluster
 def test_flipped_header_bit_fails_the_shard_with_its_offset_and_a_rerun_retries(split: Path, tmp_path: Path) -> None:
     members = read_members(split, 1)
     tar = bytearray(build_tar(members))
