@@ -130,7 +130,7 @@ def iter_members(shard: Location, max_bytes: int) -> Iterator[Member]:
     try:
         with shard.open("rb") as stream:
             forward = _Forward(_decompressed(stream))
-            with tarfile.TarFile(fileobj=forward, mode="r") as tar:
+            with _open_tar(forward, shard.name) as tar:
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -148,6 +148,14 @@ def iter_members(shard: Location, max_bytes: int) -> Iterator[Member]:
         where = f" after decompressed tar byte {forward.position}" if forward else ""
         detail = str(error) or type(error).__name__
         raise UnreadableShard(f"{shard.name}: unreadable tar{where} ({detail})") from None
+
+
+def _open_tar(forward: _Forward, shard: str) -> tarfile.TarFile:
+    """The tar reader, which reads the first header at once: say so when that one is bad."""
+    try:
+        return tarfile.TarFile(fileobj=forward, mode="r")
+    except tarfile.ReadError as error:
+        raise UnreadableShard(f"{shard}: invalid tar header at decompressed tar byte 0 ({error})") from None
 
 
 def _check_end(forward: _Forward, offset: int, shard: str) -> None:
