@@ -28,6 +28,8 @@ import pytest
 from featstore.layout import IngestSettings
 from featstore.reader import open_store
 from featstore.sample import ENCODE_RATE, SampleCorpus, ToneVoice, encode_webm_opus, synthesize, write_sample_corpus
+from featstore.shards import UnreadableShard, iter_members
+from featstore.storage import locate
 from featstore.verify import verify_store
 
 from conftest import quiet_ingest
@@ -271,3 +273,18 @@ def test_hostile_manifests_become_rejects_for_their_lines_and_records(split: Pat
     assert found["bad_record", names[2]] == "field 'text' has a lone surrogate (not valid Unicode)"
     assert found["bad_record", names[3]] == "duration is -1.5"
     assert found["no_record", "\\udcff-no-record.webm"] == "tar member listed in no manifest"
+
+
+def test_damage_at_the_edges_of_a_tar_is_named_with_its_offset(split: Path) -> None:
+    """The first header, and a plain tar cut at a member boundary (no end-of-archive blocks)."""
+    tar = build_tar(read_members(split, 0))
+    first = bytearray(tar)
+    first[3] ^= 0x01
+    shard_file(split, 0).write_bytes(lzma.compress(bytes(first)))
+    with pytest.raises(UnreadableShard, match=r"invalid tar header at decompressed tar byte 0 \(bad checksum\)"):
+        list(iter_members(locate(shard_file(split, 0)), max_bytes=2**20))
+    boundary = header_offsets(tar)[3]
+    shard_file(split, 0).unlink()
+    shard_file(split, 0, ".tar").write_bytes(tar[:boundary])
+    with pytest.raises(UnreadableShard, match=f"tar ends at decompressed tar byte {boundary} without its end"):
+        list(iter_members(locate(shard_file(split, 0, ".tar")), max_bytes=2**20))
