@@ -427,7 +427,7 @@ def _run_tasks(
         client.subscribe_topic(PROGRESS_TOPIC, on_progress)
         futures = {
             client.submit(
-                ingest_shard, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
+                _shard_task, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
             ): shard
             for shard in todo
         }
@@ -445,6 +445,18 @@ def _run_tasks(
             lock.refresh()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
+
+
+def _shard_task(
+    store: Location, shard: ShardSource, manifests: tuple[Location, ...], settings: IngestSettings
+) -> dict[str, Any]:
+    """One shard; what the system refuses (a full disk, a read-only store) fails that shard with its
+    reason, reported once by the client, instead of a worker's "Compute Failed" traceback."""
+    try:
+        return ingest_shard(store, shard, manifests, settings)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        return {"status": "failed", "reason": f"{error.strerror or error}{where}"}
 
 
 def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Location) -> None:

@@ -102,6 +102,7 @@ class FeatStore(Sequence[Utterance]):
     def _shard_fields(self, code: int) -> list[dict[str, Any]]:
         """The manifest fields of one shard's utterances, kept while records of that shard are asked for."""
         if self._fields[0] != code:
+            self._check_identity()
             name = self.shard_names[code]
             try:
                 summary = shard_summary(open_root(self.location)[0], name)
