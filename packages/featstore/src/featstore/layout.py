@@ -135,10 +135,15 @@ def create_store(store: Location, settings: IngestSettings, package_version: str
 def build_empty_store(store: Location, settings: IngestSettings, package_version: str) -> Location:
     """An empty store beside `store`, not yet in place; the caller moves it there."""
     partial = store.sibling_for_writing()
-    root = zarr.open_group(partial.url, mode="w")
-    root.create_group(SHARDS_GROUP)
-    set_attribute(root.create_group(INDEX_GROUP), INDEX_KEY, empty_index())
-    set_attribute(root, ROOT_KEY, root_attrs(settings, package_version))
+    try:
+        root = zarr.open_group(partial.url, mode="w")
+        root.create_group(SHARDS_GROUP)
+        set_attribute(root.create_group(INDEX_GROUP), INDEX_KEY, empty_index())
+        set_attribute(root, ROOT_KEY, root_attrs(settings, package_version))
+    except BaseException:  # a full disk, say: leave nothing half built behind
+        if partial.exists():
+            partial.remove()
+        raise
     return partial
 
 
