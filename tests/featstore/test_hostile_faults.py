@@ -349,6 +349,15 @@ def _interrupt(command: list[str], when: Callable[[psutil.Process, str], bool]) 
         return subprocess.CompletedProcess(command, code, out.read(), err.read())
 
 
+def _ignores_sigint(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    ignored = int(next(line for line in status.splitlines() if line.startswith("SigIgn")).split()[1], 16)
+    return bool(ignored & (1 << (signal.SIGINT - 1)))
+
+
 @pytest.mark.parametrize(
     "moment",
     [
@@ -363,10 +372,12 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(corpus: SampleCorpus, t
     command += ["--workers", "2", "--dashboard-address", "127.0.0.1:0", "--no-progress"]
 
     def when(process: psutil.Process, stdout: str) -> bool:
-        if moment == "while ingesting":
+        if moment == "while ingesting" or "Dask dashboard" in stdout:
             return "Dask dashboard" in stdout
+        # A worker process has started (with SIGINT ignored from its first instant), and the
+        # cluster is not up yet.
         workers = [c for c in process.children(recursive=True) if "resource_tracker" not in " ".join(c.cmdline())]
-        return bool(workers) and time.time() - min(w.create_time() for w in workers) > 0.4
+        return any(_ignores_sigint(worker.pid) for worker in workers)
 
     result = _interrupt(command, when)
     assert result.returncode == 130, result.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import multiprocessing
 import re
 import signal
 import sys
@@ -13,27 +12,29 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-if multiprocessing.current_process().name != "MainProcess":
-    # A Dask worker process of this command, importing it as its parent's main module: Ctrl-C on
-    # the terminal signals the whole process group, and it is the command's to handle (it stops
-    # the workers cleanly); a worker that took it too would print a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+# Ctrl-C is blocked while the libraries load: the threads they start (OpenBLAS's) inherit the
+# block, so none can take a Ctrl-C while a cluster starts (featstore.interrupts), and a Ctrl-C
+# meanwhile becomes one line, not a traceback.
+_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+import click
 
-try:  # a Ctrl-C while the libraries load (a second or more): one line, not a traceback
-    import click
+from featstore import __version__
+from featstore.errors import FeatstoreError
+from featstore.ingest import dask_client, default_workers, ingest
+from featstore.interrupts import held, ignore_in_worker_process
+from featstore.layout import IngestSettings
+from featstore.lock import break_lock
+from featstore.reader import open_store
+from featstore.repair import repair_store
+from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
+from featstore.sources import parse_shard_selection
+from featstore.storage import locate
+from featstore.summary import format_summary, summarize
+from featstore.verify import verify_store
 
-    from featstore import __version__
-    from featstore.errors import FeatstoreError
-    from featstore.ingest import dask_client, default_workers, ingest
-    from featstore.layout import IngestSettings
-    from featstore.lock import break_lock
-    from featstore.reader import open_store
-    from featstore.repair import repair_store
-    from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
-    from featstore.sources import parse_shard_selection
-    from featstore.storage import locate
-    from featstore.summary import format_summary, summarize
-    from featstore.verify import verify_store
+ignore_in_worker_process()
+try:
+    signal.pthread_sigmask(signal.SIG_SETMASK, _MASK)
 except KeyboardInterrupt:
     sys.stderr.write("interrupted; re-run to resume\n")
     raise SystemExit(130) from None
@@ -288,25 +289,26 @@ def inspect_command(
         )
     if plots and plots.exists() and not plots.is_dir():
         raise FeatstoreError(f"--plots {plots} is a file; give a folder for the PNG files")
-    opened = open_store(store)
-    with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
-        click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
-        inspection = inspect_store(opened)
-        summary = inspection_summary(inspection)
-        if report or plots:
-            from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for
+    with held():  # Ctrl-C while the cluster starts arrives once it is up: see featstore.interrupts
+        opened = open_store(store)
+        with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
+            click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
+            inspection = inspect_store(opened)
+            summary = inspection_summary(inspection)
+            if report or plots:
+                from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for
 
-            if report:
-                click.echo(f"report: {write_html(inspection, report)}", err=as_json)
-            if plots:
-                click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
-        if as_json:
-            click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
-        else:
-            for line in format_inspection(summary):
-                click.echo(line)
-        if keep_dashboard:
-            wait_for_interrupt(lambda: click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True))
+                if report:
+                    click.echo(f"report: {write_html(inspection, report)}", err=as_json)
+                if plots:
+                    click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
+            if as_json:
+                click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+            else:
+                for line in format_inspection(summary):
+                    click.echo(line)
+            if keep_dashboard:
+                wait_for_interrupt(lambda: click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True))
 
 
 @main.command("verify")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -28,6 +26,7 @@ from featstore import __version__
 from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
 from featstore.guard import refuse_overlap, writable_store
+from featstore.interrupts import cluster_starting, held
 from featstore.layout import (
     IncompleteSettings,
     IngestSettings,
@@ -295,7 +294,7 @@ def dask_client(workers: int, memory_limit: str, scheduler: str | None, dashboar
         if key != "MALLOC_TRIM_THRESHOLD_"
     }
     with contextlib.ExitStack() as stack:
-        with interrupts_deferred():
+        with cluster_starting():
             stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **LOCAL_MONITORING}))
             cluster = stack.enter_context(
                 LocalCluster(
@@ -308,31 +307,6 @@ def dask_client(workers: int, memory_limit: str, scheduler: str | None, dashboar
             )
             client = stack.enter_context(Client(cluster))
         yield client
-
-
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C that comes while the cluster starts; raise it as KeyboardInterrupt once the start is done.
-
-    A KeyboardInterrupt inside LocalCluster's start leaves it half made, and closing it then fails
-    (`AssertionError: Status.init`). Raised after the start, it closes the cluster cleanly.
-    (The worker processes themselves ignore SIGINT: see featstore.cli.)
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
-    try:
-        yield
-    except Exception:
-        if received:  # a worker that the same Ctrl-C stopped while it started: "Nanny failed to start"
-            raise KeyboardInterrupt from None
-        raise
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def default_workers() -> int:
@@ -363,7 +337,7 @@ def ingest(
     refuse_overlap(source, store)
     selected = select_shards(corpus, shard_selection, max_shards)
     scan = scan_manifests(corpus, selected)
-    with writable_store(store, settings, overwrite, echo) as lock:
+    with held(), writable_store(store, settings, overwrite, echo) as lock:
         prepare_store(store, selected, settings, append, echo)
         root, _ = open_root(store, mode="r+")
         todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
