@@ -22,8 +22,10 @@ from typing import Any
 import psutil
 import pytest
 import zarr
+from click.testing import CliRunner
 
 from featstore import open_store
+from featstore.cli import main
 from featstore.errors import FeatstoreError
 from featstore.ingest import IngestSummary, ingest
 from featstore.layout import INDEX_KEY, ROOT_KEY, set_attribute
@@ -42,6 +44,12 @@ def run(*args: str, **options: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "featstore.cli", *args], capture_output=True, text=True, timeout=300, **options
     )
+
+
+def in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """The featstore command run in this process (for errors found before any work starts: fast)."""
+    result = CliRunner().invoke(main, list(args))
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], match: str, code: int = 2) -> None:
@@ -103,10 +111,10 @@ def test_an_ordinary_directory_or_a_file_is_never_replaced(corpus: SampleCorpus,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "photos"]
 
 
-@pytest.mark.parametrize("split", ["../../x", "/tmp/evil", "a/b"])
+@pytest.mark.parametrize("split", ["../../x", "/tmp/evil", "a/b", "..", ""])
 def test_sample_split_that_leaves_out_is_refused(tmp_path: Path, split: str) -> None:
     out = tmp_path / "deep" / "er" / "out"
-    assert_one_line_error(run("sample", str(out), "--split", split), "--split")
+    assert_one_line_error(in_process("sample", str(out), "--split", split), "--split")
     assert not (tmp_path / "deep").exists() and not Path("/tmp/evil_tarred").exists()
 
 
@@ -262,6 +270,8 @@ def test_a_damaged_chunk_names_its_shard_and_a_redo_repairs_it(
     first = store.shard_names.index("audio_1")
     with pytest.raises(FeatstoreError, match="shard audio_1: audio chunk .* is corrupt"):
         [store.audio(i) for i in range(len(store)) if store.shard_codes[i] == first]
+    if damage != "truncated":
+        return  # the repair is the same for both
     assert run("repair", str(store_copy), "--redo", "audio_1").returncode == 0
     assert "audio_1" not in open_store(store_copy).shard_names and verified(store_copy) == 29 - 12
     summary = quiet_ingest(corpus.split_dir, store_copy, workers=1)
@@ -403,13 +413,13 @@ def test_ctrl_c_is_one_line_exit_130_and_a_rerun_resumes(corpus: SampleCorpus, t
     ],
 )
 def test_bad_ingest_options_are_one_line(corpus: SampleCorpus, tmp_path: Path, args: list[str], match: str) -> None:
-    assert_one_line_error(run("ingest", str(corpus.split_dir), "--out", str(tmp_path / "o.zarr"), *args), match)
+    assert_one_line_error(in_process("ingest", str(corpus.split_dir), "--out", str(tmp_path / "o.zarr"), *args), match)
     assert not (tmp_path / "o.zarr").exists()
 
 
 def test_bad_sample_and_inspect_options_are_one_line(ingested: tuple[Path, IngestSummary], tmp_path: Path) -> None:
-    assert_one_line_error(run("sample", str(tmp_path / "s"), "--alphabet", ""), "--alphabet")
-    assert_one_line_error(run("sample", str(tmp_path / "s"), "--alphabet", "  "), "--alphabet")
+    assert_one_line_error(in_process("sample", str(tmp_path / "s"), "--alphabet", ""), "--alphabet")
+    assert_one_line_error(in_process("sample", str(tmp_path / "s"), "--alphabet", "  "), "--alphabet")
     assert_one_line_error(run("inspect", str(ingested[0]), "--report", str(tmp_path)), "is a directory")
-    assert_one_line_error(run("inspect", str(ingested[0]), "--memory-limit", "1KiB"), "below the minimum")
+    assert_one_line_error(in_process("inspect", str(ingested[0]), "--memory-limit", "1KiB"), "below the minimum")
     assert not (tmp_path / "s").exists()
