@@ -2,31 +2,53 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
+import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+# Ctrl-C is blocked while the libraries load: the threads they start (OpenBLAS's) inherit the
+# block, so none can take a Ctrl-C while a cluster starts (featstore.interrupts), and a Ctrl-C
+# meanwhile becomes one line, not a traceback.
+_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 import click
 
 from featstore import __version__
 from featstore.errors import FeatstoreError
 from featstore.ingest import dask_client, default_workers, ingest
+from featstore.interrupts import held, ignore_in_worker_process
 from featstore.layout import IngestSettings
+from featstore.lock import break_lock
 from featstore.reader import open_store
+from featstore.repair import repair_store
 from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
 from featstore.sources import parse_shard_selection
+from featstore.storage import locate
 from featstore.summary import format_summary, summarize
 from featstore.verify import verify_store
 
+ignore_in_worker_process()
+try:
+    signal.pthread_sigmask(signal.SIG_SETMASK, _MASK)
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted; re-run to resume\n")
+    raise SystemExit(130) from None
+
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = IngestSettings()
+# Below this a worker cannot hold one clip and its chunk buffers: Dask would restart it forever.
+MIN_MEMORY_LIMIT = 256 * 2**20
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def user_errors(command: F) -> F:
-    """Turn FeatstoreError into `error: ...` on stderr and exit status 2, with no traceback."""
+    """Turn FeatstoreError, and what the system refuses (OSError), into one `error: ...` line and exit 2."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -35,14 +57,89 @@ def user_errors(command: F) -> F:
         except FeatstoreError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except OSError as error:
+            click.echo(f"error: {describe_os_error(error)}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("interrupted: what was written is kept; re-running an ingest resumes it", err=True)
+            click.echo("interrupted; re-run to resume", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+def describe_os_error(error: OSError) -> str:
+    where = f"{error.filename}: " if error.filename else ""
+    what = error.strerror or str(error) or type(error).__name__
+    if error.errno in NO_SPACE:
+        return f"{where}{what}; what was complete is kept: free some space and re-run"
+    if error.errno in NO_PERMISSION:
+        return f"{where}{what}; check that you may write there"
+    return f"{where}{what}"
+
+
+class MemorySize(click.ParamType[str]):
+    """A per-worker memory limit: "auto", or a size of at least MIN_MEMORY_LIMIT like 2GiB."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from dask.utils import format_bytes, parse_bytes
+
+        text = str(value).strip()
+        if text == "auto":
+            return text
+        try:
+            size = parse_bytes(text)
+        except (ValueError, TypeError):
+            self.fail(f"{text!r} is not a size (like 2GiB, 512MiB or auto)", param, ctx)
+        if size < MIN_MEMORY_LIMIT:
+            self.fail(f"{text} is below the minimum of {format_bytes(MIN_MEMORY_LIMIT)} per worker", param, ctx)
+        return text
+
+
+class Address(click.ParamType[str]):
+    """HOST:PORT or :PORT, where the dashboard listens (port 0 picks a free one)."""
+
+    name = "host:port"
+    HOST = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])?$")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        host, colon, port = text.rpartition(":")
+        if not colon or not port.isdigit() or int(port) > 65535 or not self.HOST.match(host):
+            self.fail(f"{text!r} is not HOST:PORT (like 127.0.0.1:8787, or :0 for any free port)", param, ctx)
+        return text
+
+
+def safe_name(value: str) -> str:
+    """A single path component: no separators, no '..', not absolute, so OUT/<name>_tarred stays inside OUT."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value) or ".." in value:
+        raise click.BadParameter(f"{value!r} must be a plain name (letters, digits, '.', '_', '-'), like train")
+    return value
+
+
+def letters(value: str) -> str:
+    if not value.strip():
+        raise click.BadParameter("needs at least one character that is not a space")
+    return value
+
+
+class OneLineErrors(click.Group):
+    """Option errors as one `error:` line and exit 2, like every other error (click's own take three lines)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=OneLineErrors, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="featstore")
 def main() -> None:
     """Stream tarred speech corpora into a Zarr store of normalized 16 kHz audio."""
@@ -76,10 +173,11 @@ def main() -> None:
 @click.option(
     "--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes (one thread each)."
 )
-@click.option("--memory-limit", default="2GiB", help="Memory limit per Dask worker.")
+@click.option("--memory-limit", type=MemorySize(), default="2GiB", help="Memory limit per Dask worker (>= 256MiB).")
 @click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://HOST:8786) instead of a local cluster.")
 @click.option(
     "--dashboard-address",
+    type=Address(),
     default="127.0.0.1:8787",
     help="Where the local cluster serves its dashboard (:0 picks a free port).",
 )
@@ -109,8 +207,8 @@ def ingest_command(
 
     Re-running the same command resumes: completed shards are skipped, unfinished ones redone.
     """
-    if min_duration >= max_duration:
-        raise FeatstoreError("--min-duration must be below --max-duration")
+    if not 0 <= min_duration < max_duration < float("inf"):
+        raise FeatstoreError("--min-duration must be at least 0 and below --max-duration, both finite")
     settings = IngestSettings(
         min_duration=min_duration,
         max_duration=max_duration,
@@ -161,10 +259,11 @@ def info_command(store: str, as_json: bool) -> None:
 @click.option("--plots", type=click.Path(path_type=Path), help="Write PNG plots into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
 @click.option("--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes.")
-@click.option("--memory-limit", default="2GiB", help="Memory limit per Dask worker.")
+@click.option("--memory-limit", type=MemorySize(), default="2GiB", help="Memory limit per Dask worker (>= 256MiB).")
 @click.option("--scheduler", help="Address of an existing Dask scheduler instead of a local cluster.")
 @click.option(
     "--dashboard-address",
+    type=Address(),
     default="127.0.0.1:8787",
     help="Where the local cluster serves its dashboard (:0 picks a free port).",
 )
@@ -184,25 +283,32 @@ def inspect_command(
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
     from featstore.inspection import format_inspection, inspect_store, inspection_summary  # dask.array: slow import
 
-    opened = open_store(store)
-    with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
-        click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
-        inspection = inspect_store(opened)
-        summary = inspection_summary(inspection)
-        if report or plots:
-            from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for
+    if report and report.is_dir():
+        raise FeatstoreError(
+            f"--report {report} is a directory; give the HTML file to write, like {report}/report.html"
+        )
+    if plots and plots.exists() and not plots.is_dir():
+        raise FeatstoreError(f"--plots {plots} is a file; give a folder for the PNG files")
+    with held():  # Ctrl-C while the cluster starts arrives once it is up: see featstore.interrupts
+        opened = open_store(store)
+        with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
+            click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
+            inspection = inspect_store(opened)
+            summary = inspection_summary(inspection)
+            if report or plots:
+                from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for
 
-            if report:
-                click.echo(f"report: {write_html(inspection, report)}", err=as_json)
-            if plots:
-                click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
-        if as_json:
-            click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
-        else:
-            for line in format_inspection(summary):
-                click.echo(line)
-        if keep_dashboard:
-            wait_for_interrupt(lambda: click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True))
+                if report:
+                    click.echo(f"report: {write_html(inspection, report)}", err=as_json)
+                if plots:
+                    click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
+            if as_json:
+                click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+            else:
+                for line in format_inspection(summary):
+                    click.echo(line)
+            if keep_dashboard:
+                wait_for_interrupt(lambda: click.echo("keeping the dashboard up; press Ctrl-C to stop", err=True))
 
 
 @main.command("verify")
@@ -218,10 +324,14 @@ def verify_command(store: str) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--shards", type=click.IntRange(min=1), default=2, help="Number of audio shards.")
 @click.option("--clips", type=click.IntRange(min=1), default=12, help="Clips per shard.")
-@click.option("--split", default="train", help="Split name: writes OUT/<split>_tarred/.")
+@click.option(
+    "--split", default="train", callback=lambda _c, _p, v: safe_name(v), help="Split name: writes OUT/<split>_tarred/."
+)
 @click.option("--seed", type=int, default=0)
 @click.option("--defects/--no-defects", default=True, help="Plant one clip of each defect in shard 0.")
-@click.option("--alphabet", default=KINYARWANDA_LETTERS, help="Characters the sample text uses.")
+@click.option(
+    "--alphabet", default=KINYARWANDA_LETTERS, callback=lambda _c, _p, v: letters(v), help="Characters the text uses."
+)
 @user_errors
 def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
@@ -229,6 +339,28 @@ def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, de
         out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects, alphabet=alphabet, split=split
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
+
+
+@main.command("repair")
+@click.argument("store")
+@click.option(
+    "--redo", multiple=True, help="Mark this shard unfinished (a damaged chunk): the next ingest rewrites it."
+)
+@user_errors
+def repair_command(store: str, redo: tuple[str, ...]) -> None:
+    """Rebuild a store's index from its complete shards (a lost or garbled index/zarr.json)."""
+    for line in repair_store(store, redo, note=lambda line: click.echo(line, err=True)).lines():
+        click.echo(line)
+
+
+@main.command("unlock")
+@click.argument("store")
+@click.option("--force", is_flag=True, help="Break the lock even if its holder still runs on this host.")
+@user_errors
+def unlock_command(store: str, force: bool) -> None:
+    """Break a store's writer lock that a crashed or killed ingest left behind."""
+    holder = break_lock(locate(store), force)
+    click.echo(f"removed the lock of {holder.describe()}" if holder else f"{store} is not locked")
 
 
 def wait_for_interrupt(announce: Callable[[], None]) -> None:

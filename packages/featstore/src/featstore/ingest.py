@@ -21,21 +21,26 @@ from typing import Any
 
 import dask
 import numpy as np
+import zarr
 from tqdm import tqdm
 
 from featstore import __version__
 from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
+from featstore.guard import refuse_overlap, writable_store
+from featstore.interrupts import cluster_starting, held
 from featstore.layout import (
+    IncompleteSettings,
     IngestSettings,
     ShardWriter,
     consolidate_index,
-    create_store,
     is_complete,
     open_root,
     record_sources,
+    restore_settings,
     shard_summary,
 )
+from featstore.lock import WriterLock
 from featstore.shards import UnreadableShard, iter_members
 from featstore.sources import (
     Corpus,
@@ -237,14 +242,19 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
 
 
 def prepare_store(
-    out: Location, selected: tuple[ShardSource, ...], settings: IngestSettings, append: bool, overwrite: bool
+    out: Location,
+    selected: tuple[ShardSource, ...],
+    settings: IngestSettings,
+    append: bool,
+    echo: Callable[[str], None] = print,
 ) -> None:
-    """Create the store, or check that an existing one may take these shards."""
-    if overwrite and out.exists():
-        out.remove()
-    if not out.exists():
-        create_store(out, settings, __version__)
-    root, info = open_root(out, mode="r+")
+    """Check that the (locked) store may take these shards, and record their sources."""
+    try:
+        root, info = open_root(out, mode="r+")
+    except IncompleteSettings:
+        echo("note: the store's settings were missing or incomplete; recorded this run's options")
+        restore_settings(zarr.open_group(out.url, mode="r+"), settings, __version__)
+        root, info = open_root(out, mode="r+")
     if info.settings != settings:
         raise FeatstoreError(
             f"{out.url} was ingested with other settings ({_settings_diff(info.settings, settings)}); "
@@ -291,17 +301,19 @@ def dask_client(workers: int, memory_limit: str, scheduler: str | None, dashboar
         for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
         if key != "MALLOC_TRIM_THRESHOLD_"
     }
-    with (
-        dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **LOCAL_MONITORING}),
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            memory_limit=memory_limit,
-            dashboard_address=dashboard_address,
-            processes=True,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with contextlib.ExitStack() as stack:
+        with cluster_starting():
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **LOCAL_MONITORING}))
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    memory_limit=memory_limit,
+                    dashboard_address=dashboard_address,
+                    processes=True,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
         yield client
 
 
@@ -328,32 +340,35 @@ def ingest(
     """Ingest the shards of `input_dir` into the store at `out` (see the module docstring)."""
     started = time.perf_counter()
     settings = settings or IngestSettings()
-    store = locate(out)
-    corpus = discover(locate(input_dir))
+    store, source = locate(out), locate(input_dir)
+    corpus = discover(source)
+    refuse_overlap(source, store)
     selected = select_shards(corpus, shard_selection, max_shards)
     scan = scan_manifests(corpus, selected)
-    prepare_store(store, selected, settings, append, overwrite)
-    root, _ = open_root(store, mode="r+")
-    todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
-    summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
-    completed: dict[str, dict[str, Any]] = {}  # compact index of shards found complete, kept between rebuilds
-    if todo:
-        _run_tasks(
-            todo,
-            corpus,
-            settings,
-            scan,
-            store,
-            summary,
-            workers or default_workers(),
-            memory_limit,
-            scheduler,
-            dashboard_address,
-            echo,
-            show_progress,
-            completed,
-        )
-    index = consolidate_index(root, scan.rejects, completed)
+    with held(), writable_store(store, settings, overwrite, echo) as lock:
+        prepare_store(store, selected, settings, append, echo)
+        root, _ = open_root(store, mode="r+")
+        todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
+        summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
+        completed: dict[str, dict[str, Any]] = {}  # compact index of shards found complete, kept between rebuilds
+        if todo:
+            _run_tasks(
+                todo,
+                corpus,
+                settings,
+                scan,
+                store,
+                summary,
+                workers or default_workers(),
+                memory_limit,
+                scheduler,
+                dashboard_address,
+                echo,
+                show_progress,
+                completed,
+                lock,
+            )
+        index = consolidate_index(root, scan.rejects, completed)
     _fill_totals(summary, index, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
@@ -373,6 +388,7 @@ def _run_tasks(
     echo: Callable[[str], None],
     show_progress: bool,
     completed: dict[str, dict[str, Any]],
+    lock: WriterLock,
 ) -> None:
     from distributed import as_completed
 
@@ -386,13 +402,14 @@ def _run_tasks(
 
         def on_progress(event: tuple[float, dict[str, Any]]) -> None:
             hours[0] += event[1]["seconds"] / 3600
+            lock.refresh()
             bar.set_postfix_str(f"{hours[0]:.2f}/{total_hours:.2f} h", refresh=False)
             bar.update(event[1]["clips"])
 
         client.subscribe_topic(PROGRESS_TOPIC, on_progress)
         futures = {
             client.submit(
-                ingest_shard, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
+                _shard_task, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
             ): shard
             for shard in todo
         }
@@ -407,8 +424,21 @@ def _run_tasks(
                 continue
             summary.shards_done.append(shard.name)
             consolidate_index(root, scan.rejects, completed)
+            lock.refresh()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
+
+
+def _shard_task(
+    store: Location, shard: ShardSource, manifests: tuple[Location, ...], settings: IngestSettings
+) -> dict[str, Any]:
+    """One shard; what the system refuses (a full disk, a read-only store) fails that shard with its
+    reason, reported once by the client, instead of a worker's "Compute Failed" traceback."""
+    try:
+        return ingest_shard(store, shard, manifests, settings)
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        return {"status": "failed", "reason": f"{error.strerror or error}{where}"}
 
 
 def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Location) -> None:

@@ -26,10 +26,11 @@ import numcodecs
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync
 
 from featstore.audio import SAMPLE_RATE, QuantizedClip, SourceLevels
 from featstore.errors import FeatstoreError
-from featstore.storage import Location
+from featstore.storage import Location, dump_json
 
 FORMAT_NAME = "featstore"
 FORMAT_VERSION = 1
@@ -113,14 +114,53 @@ def root_attrs(settings: IngestSettings, package_version: str) -> dict[str, Any]
     }
 
 
+class IncompleteSettings(FeatstoreError):
+    """The root's settings are missing or incomplete: a re-run of the ingest restates them."""
+
+
 def create_store(store: Location, settings: IngestSettings, package_version: str) -> None:
-    """Create an empty store: built beside `store`, then moved into place (atomic on local disks)."""
+    """Create an empty store: built beside `store`, then moved into place (atomic on local disks).
+
+    When another writer creates the same store first, its store is kept and this one dropped.
+    """
+    partial = build_empty_store(store, settings, package_version)
+    try:
+        partial.move_to(store)
+    except OSError:
+        partial.remove()
+        if not store.exists():
+            raise
+
+
+def build_empty_store(store: Location, settings: IngestSettings, package_version: str) -> Location:
+    """An empty store beside `store`, not yet in place; the caller moves it there."""
     partial = store.sibling_for_writing()
-    root = zarr.open_group(partial.url, mode="w")
-    root.create_group(SHARDS_GROUP)
-    root.create_group(INDEX_GROUP).attrs[INDEX_KEY] = empty_index()
-    root.attrs[ROOT_KEY] = root_attrs(settings, package_version)
-    partial.move_to(store)
+    try:
+        root = zarr.open_group(partial.url, mode="w")
+        root.create_group(SHARDS_GROUP)
+        set_attribute(root.create_group(INDEX_GROUP), INDEX_KEY, empty_index())
+        set_attribute(root, ROOT_KEY, root_attrs(settings, package_version))
+    except BaseException:  # a full disk, say: leave nothing half built behind
+        if partial.exists():
+            partial.remove()
+        raise
+    return partial
+
+
+def set_attribute(group: zarr.Group, key: str, value: Any) -> None:
+    """Write one attribute, refusing what is not strict JSON (zarr itself would write bare NaN)."""
+    dump_json(value)
+    group.attrs[key] = value
+
+
+def is_store(store: Location) -> bool:
+    """Whether the root metadata proves `store` a featstore store (of any version)."""
+    try:
+        meta = json.loads(store.child("zarr.json").read_bytes())
+    except (OSError, ValueError):
+        return False
+    featstore = meta.get("attributes", {}).get(ROOT_KEY) if isinstance(meta, dict) else None
+    return isinstance(featstore, dict) and featstore.get("format") == FORMAT_NAME
 
 
 def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
@@ -139,21 +179,42 @@ def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
             f"{store.url}: store format version {meta.get('format_version')} is not supported by this "
             f"featstore (format {FORMAT_VERSION}); re-ingest with --overwrite or use a matching featstore"
         )
-    info = StoreInfo(
+    info = StoreInfo(  # the constants of format 1 are known even when their copy in the store is lost
         format_version=meta["format_version"],
-        sample_rate=meta["sample_rate"],
-        chunk_samples=meta["chunk_samples"],
-        bucket_edges=tuple(meta["bucket_edges"]),
-        settings=IngestSettings(**meta["settings"]),
-        sources=dict(meta.get("sources", {})),
+        sample_rate=meta.get("sample_rate", SAMPLE_RATE),
+        chunk_samples=meta.get("chunk_samples", CHUNK_SAMPLES),
+        bucket_edges=tuple(meta.get("bucket_edges", BUCKET_EDGES)),
+        settings=_parse_settings(store, meta.get("settings")),
+        sources=dict(meta.get("sources") or {}),
     )
     return root, info
 
 
+def _parse_settings(store: Location, settings: Any) -> IngestSettings:
+    expected = set(IngestSettings().to_json())
+    missing = sorted(expected - set(settings)) if isinstance(settings, dict) else sorted(expected)
+    if missing or not isinstance(settings, dict):
+        raise IncompleteSettings(
+            f"{store.url}: the store's settings lack {', '.join(missing) or 'valid values'}; "
+            "re-run its ingest with the original options to restore them"
+        )
+    try:
+        return IngestSettings(**{key: settings[key] for key in expected})
+    except TypeError as error:
+        raise IncompleteSettings(f"{store.url}: unreadable settings ({error})") from None
+
+
+def restore_settings(root: zarr.Group, settings: IngestSettings, package_version: str) -> None:
+    """Rewrite the root attributes around this run's settings, keeping the recorded sources."""
+    meta = root.attrs.get(ROOT_KEY)
+    sources = meta.get("sources") if isinstance(meta, dict) else None
+    set_attribute(root, ROOT_KEY, {**root_attrs(settings, package_version), "sources": sources or {}})
+
+
 def record_sources(root: zarr.Group, sources: dict[str, dict[str, Any]]) -> None:
     meta: dict[str, Any] = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
-    meta["sources"] = {**meta.get("sources", {}), **sources}
-    root.attrs[ROOT_KEY] = meta
+    meta["sources"] = {**(meta.get("sources") or {}), **sources}
+    set_attribute(root, ROOT_KEY, meta)
 
 
 def empty_index() -> dict[str, Any]:
@@ -172,16 +233,18 @@ class ShardWriter:
     def __init__(self, store: Location, root: zarr.Group, shard: str, source: dict[str, Any]) -> None:
         shards = root[SHARDS_GROUP]
         assert isinstance(shards, zarr.Group)
-        if shard in shards:
-            del shards[shard]
+        self._fs, root_path = store.filesystem()
+        self._root_path = root_path.rstrip("/")
+        # Whatever an earlier attempt left, even a group whose zarr.json is gone, goes first.
+        leftover = f"{self._root_path}/{SHARDS_GROUP}/{shard}"
+        if self._fs.exists(leftover):
+            self._fs.rm(leftover, recursive=True)
         self.group = shards.create_group(shard)
-        self.group.attrs[SHARD_KEY] = {"status": "writing", "source": source}
+        set_attribute(self.group, SHARD_KEY, {"status": "writing", "source": source})
         self.shard = shard
         self.source = source
         self.rows: list[dict[str, Any]] = []
         self.rejects: list[dict[str, Any]] = []
-        self._fs, root_path = store.filesystem()
-        self._root_path = root_path.rstrip("/")
         self._codec = chunk_codec()
         self._buffers: dict[int, np.ndarray] = {}
         self._filled: dict[int, int] = {}
@@ -230,7 +293,7 @@ class ShardWriter:
             "rows": {column: [row[column] for row in self.rows] for column in ROW_COLUMNS},
             "rejects": self.rejects,
         }
-        self.group.attrs[SHARD_KEY] = summary  # type: ignore[assignment]
+        set_attribute(self.group, SHARD_KEY, summary)
         return summary
 
     def _append_samples(self, bucket: int, samples: np.ndarray) -> None:
@@ -277,11 +340,10 @@ def hash_utterance(digest: Any, samples: np.ndarray, row: dict[str, Any]) -> Non
 
 def shard_summary(root: zarr.Group, shard: str) -> dict[str, Any] | None:
     """The shard group's attributes, or None when the shard was never started."""
-    shards = root[SHARDS_GROUP]
-    assert isinstance(shards, zarr.Group)
-    if shard not in shards:
+    try:
+        summary = root[f"{SHARDS_GROUP}/{shard}"].attrs.get(SHARD_KEY)
+    except (KeyError, ValueError, TypeError):  # never started, or its metadata lost or garbled: not complete
         return None
-    summary = shards[shard].attrs.get(SHARD_KEY)
     return dict(summary) if isinstance(summary, dict) else None
 
 
@@ -305,9 +367,7 @@ def consolidate_index(
     assert isinstance(shards_group, zarr.Group)
     index = empty_index()
     index["rejects"] = list(global_rejects)
-    with warnings.catch_warnings():  # a shard group being created right now is not a group yet: skip it quietly
-        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
-        names = sorted(shards_group.group_keys(), key=natural_key)
+    names = sorted(shard_group_names(shards_group), key=natural_key)
     for shard in names:
         if shard not in seen:
             summary = shard_summary(root, shard)
@@ -322,9 +382,50 @@ def consolidate_index(
         for column in INDEX_COLUMNS[1:]:
             index[column].extend(compact[column])
         index["rejects"].extend({"shard": shard, **reject} for reject in compact["rejects"])
-    index_group = root[INDEX_GROUP]
-    index_group.attrs[INDEX_KEY] = index
+    set_attribute(_index_group(root), INDEX_KEY, index)
     return index
+
+
+def shard_group_names(shards_group: zarr.Group) -> list[str]:
+    """The shard groups zarr can open; one being created, or whose metadata is lost, is left out."""
+    with warnings.catch_warnings():  # a shard group being created right now is not a group yet: skip it quietly
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        try:
+            return list(shards_group.group_keys())
+        except (ValueError, TypeError):  # a garbled zarr.json among them: look at each one alone
+            return [name for name in _child_names(shards_group) if _is_group(shards_group, name)]
+
+
+def stored_shard_names(root: zarr.Group) -> list[str]:
+    """Every entry under shards/, whether or not zarr can open it as a group."""
+    shards = root[SHARDS_GROUP]
+    assert isinstance(shards, zarr.Group)
+    return sorted((name for name in _child_names(shards) if name != "zarr.json"), key=natural_key)
+
+
+def _child_names(group: zarr.Group) -> list[str]:
+    async def collect() -> list[str]:
+        return [name async for name in group.store.list_dir(group.path)]
+
+    return sync(collect())
+
+
+def _is_group(parent: zarr.Group, name: str) -> bool:
+    try:
+        return isinstance(parent[name], zarr.Group)
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+def _index_group(root: zarr.Group) -> zarr.Group:
+    """The index group, recreated (it holds nothing but its attributes) when its metadata is lost or garbled."""
+    try:
+        group = root[INDEX_GROUP]
+        if isinstance(group, zarr.Group):
+            return group
+    except (KeyError, ValueError, TypeError):
+        pass
+    return root.create_group(INDEX_GROUP, overwrite=True)
 
 
 def _compact(summary: dict[str, Any]) -> dict[str, Any]:
@@ -333,9 +434,15 @@ def _compact(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_index(root: zarr.Group) -> dict[str, Any]:
-    index = root[INDEX_GROUP].attrs.get(INDEX_KEY)
+    try:
+        index = root[INDEX_GROUP].attrs.get(INDEX_KEY)
+    except (KeyError, ValueError, TypeError):  # index/zarr.json deleted or garbled
+        index = None
     if not isinstance(index, dict):
-        raise FeatstoreError("store has no consolidated index; re-run the ingest to rebuild it")
+        raise FeatstoreError(
+            "the store's index is missing or unreadable; "
+            "run `featstore repair STORE`, or re-run the ingest, to rebuild it"
+        )
     missing = [column for column in INDEX_COLUMNS if column not in index]
     if missing:
         raise FeatstoreError(

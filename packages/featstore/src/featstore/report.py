@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from featstore.inspection import Inspection, inspection_summary  # noqa: E402
+from featstore.storage import locate  # noqa: E402
 
 PLOTS = ("durations", "shards", "speaking_rate", "levels")
 _STYLE = (
@@ -35,7 +36,7 @@ def write_plots(inspection: Inspection, folder: Path) -> list[Path]:
     paths = []
     for name, data in render_plots(inspection).items():
         path = folder / f"{name}.png"
-        path.write_bytes(data)
+        locate(path).write_atomic(data)
         paths.append(path)
     return paths
 
@@ -75,7 +76,7 @@ def write_html(inspection: Inspection, path: Path) -> Path:
 </body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(body, encoding="utf-8")
+    locate(path).write_atomic(body.encode())
     return path
 
 

@@ -7,6 +7,8 @@ workers, which resolve the filesystem themselves. `file://` URLs become plain lo
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import posixpath
 import uuid
@@ -95,6 +97,67 @@ class Location:
         """A fresh name beside this one, to build something before moving it into place."""
         return Location(f"{self.url.rstrip('/')}.{uuid.uuid4().hex[:8]}.partial")
 
+    def write_atomic(self, data: bytes) -> None:
+        """Write the whole file or nothing: `name.<random>.partial`, then renamed over `name`.
+
+        A reader never sees half a file, and a write that fails (a full disk) leaves the old
+        file as it was. Object stores put an object whole, so there it is one put.
+        """
+        if not self.is_local:
+            fs, path = self.filesystem()
+            fs.pipe_file(path, data)
+            return
+        partial = f"{self.url}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            with open(partial, "wb") as file:
+                file.write(data)
+            os.replace(partial, self.url)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+            raise
+
+    def create_exclusive(self, data: bytes) -> bool:
+        """Create the file holding `data` unless it exists; True when this call created it.
+
+        Locally the content is written aside and hard-linked into place: link(2) fails when
+        the name exists, so exactly one of several racing callers wins, and the file is never
+        seen half written. Object stores have no such primitive everywhere: there it is a check
+        then a put, and two writers starting at the same instant can both win (README).
+        """
+        if not self.is_local:
+            fs, path = self.filesystem()
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+            return True
+        partial = f"{self.url}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            with open(partial, "wb") as file:
+                file.write(data)
+            os.link(partial, self.url)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of a local path, which changes when the path is replaced; None for URLs."""
+        if not self.is_local:
+            return None
+        status = os.stat(self.url)
+        return status.st_dev, status.st_ino
+
+    def overlaps(self, other: Location) -> bool:
+        """Whether either location is the other or lies inside it (symbolic links resolved)."""
+        if self.is_local and other.is_local:
+            mine, theirs = Path(self.url).resolve(), Path(other.url).resolve()
+            return mine == theirs or mine in theirs.parents or theirs in mine.parents
+        mine_url, their_url = self.url.rstrip("/") + "/", other.url.rstrip("/") + "/"
+        return mine_url.startswith(their_url) or their_url.startswith(mine_url)
+
     def move_to(self, target: Location) -> None:
         """Rename (atomic on a local disk; object stores copy then delete)."""
         if self.is_local and target.is_local:
@@ -112,6 +175,11 @@ def locate(url: str | Path) -> Location:
     if "://" in text:
         return Location(text)
     return Location(str(Path(text).absolute()))
+
+
+def dump_json(value: Any) -> bytes:
+    """Strict JSON: a NaN or infinity raises ValueError instead of writing what other readers refuse."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
 
 
 def _first_line(error: BaseException) -> str:
