@@ -155,6 +155,13 @@ def test_flipped_header_bit_fails_the_shard_with_its_offset_and_a_rerun_retries(
     assert rerun.returncode == 2 and expected in rerun.stdout
     assert "shards       0 ingested, 2 already complete, 1 failed" in rerun.stdout
 
+    # The user repairs the shard file (a new size): the failed shard is retried, not refused.
+    shard_file(split, 1).write_bytes(lzma.compress(build_tar(members)))
+    repaired = cli_ingest(split, out, "--shards", "0-99999999999")
+    assert repaired.returncode == 0, repaired.stderr
+    assert open_store(out).shard_names == ["audio_0", "audio_1", "audio_2"]
+    assert featstore("verify", str(out)).returncode == 0
+
     beyond = cli_ingest(split, out, "--shards", "7-99999999999")
     assert beyond.returncode == 2 and "error: --shards: no shard in the range 7-99999999999" in beyond.stderr
 

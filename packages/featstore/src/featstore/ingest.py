@@ -261,10 +261,13 @@ def prepare_store(
             "use the same options, or --overwrite to start again"
         )
     sources = {s.name: s.describe() for s in selected}
+    # Only a complete shard pins its source: a failed one may be re-run from a repaired file.
     conflicts = [
         name
         for name, source in sources.items()
-        if name in info.sources and info.sources[name]["size"] != source["size"]
+        if name in info.sources
+        and info.sources[name]["size"] != source["size"]
+        and is_complete(shard_summary(root, name), info.sources[name])
     ]
     if conflicts:
         raise FeatstoreError(
