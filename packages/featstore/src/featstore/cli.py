@@ -16,7 +16,7 @@ from featstore.errors import FeatstoreError
 from featstore.ingest import dask_client, default_workers, ingest
 from featstore.layout import IngestSettings
 from featstore.reader import open_store
-from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
+from featstore.sample import LANGUAGES, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.summary import format_summary, summarize
 from featstore.verify import verify_store
@@ -221,12 +221,27 @@ def verify_command(store: str) -> None:
 @click.option("--split", default="train", help="Split name: writes OUT/<split>_tarred/.")
 @click.option("--seed", type=int, default=0)
 @click.option("--defects/--no-defects", default=True, help="Plant one clip of each defect in shard 0.")
-@click.option("--alphabet", default=KINYARWANDA_LETTERS, help="Characters the sample text uses.")
+@click.option(
+    "--language",
+    type=click.Choice(sorted(LANGUAGES)),
+    default="a",
+    help="How characters sound: a (Latin letters) or b (Greek letters, its own sound for each).",
+)
+@click.option("--alphabet", help="Characters the sample text uses, in pitch order  [default: the language's letters]")
 @user_errors
-def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str) -> None:
+def sample_command(
+    out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, language: str, alphabet: str | None
+) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
-        out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects, alphabet=alphabet, split=split
+        out,
+        shards=shards,
+        clips_per_shard=clips,
+        seed=seed,
+        defects=defects,
+        alphabet=alphabet,
+        split=split,
+        language=language,
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
