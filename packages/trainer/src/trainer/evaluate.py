@@ -15,9 +15,9 @@ from transformers import Wav2Vec2Processor
 from trainer.data import StoreDataset, make_loader
 from trainer.errors import TrainerError
 from trainer.inference import Scores, pick_device, score, transcribe_batches
-from trainer.run import load_trained
+from trainer.run import load_trained, read_run, run_config
 from trainer.stores import open_checked
-from trainer.vocab import unseen_characters
+from trainer.vocab import load_processor, unseen_characters
 
 
 def evaluate_run(
@@ -34,9 +34,11 @@ def evaluate_run(
     characters is refused (nothing in it could be scored).
     """
     store = open_checked(store_path, need_text=True)
+    run, meta = read_run(run_path)
+    texts = [run_config(meta).text.normalize(t) for t in store.texts]
+    check_alphabet(store_path, texts, load_processor(run.processor), warn)  # before the model loads
     device = pick_device(device_name)
     model, processor, config = load_trained(run_path, device)
-    check_alphabet(store_path, [config.text.normalize(t) for t in store.texts], processor, warn)
     dataset = StoreDataset(store_path, processor, config.text)
 
     def scores_of(module: torch.nn.Module) -> Scores:
