@@ -40,6 +40,8 @@ class Stores:
     empty: Path  # a valid store with no utterances
     unseen: Path  # text with letters that `train` and `small` do not have
     b_small: Path  # a few utterances of language b: none of `train`'s letters
+    b_train: Path  # language b, for adapting the base trained on language a (`train`)
+    b_dev: Path  # held-out utterances of language b
 
 
 def _corpus(root: Path, split: str, shards: int, clips: int, seed: int, language: str, alphabet: str) -> Path:
@@ -88,6 +90,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
         "blank": (1, 6, 4, "a", ALPHABET),
         "unseen": (1, 4, 5, "a", "hijkl"),  # k and l are outside ALPHABET
         "b_small": (1, 4, 6, "b", B_ALPHABET),
+        "b_train": (4, 100, 11, "b", B_ALPHABET),
+        "b_dev": (1, 30, 12, "b", B_ALPHABET),
     }
     with ProcessPoolExecutor(2) as pool:  # generating opus audio is the slow part; use both cores
         futures = {name: pool.submit(_corpus, root, name, *job) for name, job in jobs.items()}
@@ -102,6 +106,8 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
             small=_ingest(splits["small"], root / "small.zarr", address),
             unseen=_ingest(splits["unseen"], root / "unseen.zarr", address),
             b_small=_ingest(splits["b_small"], root / "b_small.zarr", address),
+            b_train=_ingest(splits["b_train"], root / "b_train.zarr", address),
+            b_dev=_ingest(splits["b_dev"], root / "b_dev.zarr", address),
             no_text=_ingest(splits["blank"], root / "no_text.zarr", address, IngestSettings(keep_empty_text=True)),
             # Every clip rejected as too short: a valid store with no utterances.
             empty=_ingest(

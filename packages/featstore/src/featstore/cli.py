@@ -228,9 +228,20 @@ def verify_command(store: str) -> None:
     help="How characters sound: a (Latin letters) or b (Greek letters, its own sound for each).",
 )
 @click.option("--alphabet", help="Characters the sample text uses, in pitch order  [default: the language's letters]")
+@click.option(
+    "--words", type=(click.IntRange(min=1), click.IntRange(min=1)), default=(2, 5), help="Words per clip: MIN MAX."
+)
 @user_errors
 def sample_command(
-    out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, language: str, alphabet: str | None
+    out: Path,
+    shards: int,
+    clips: int,
+    split: str,
+    seed: int,
+    defects: bool,
+    language: str,
+    alphabet: str | None,
+    words: tuple[int, int],
 ) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
@@ -242,6 +253,7 @@ def sample_command(
         alphabet=alphabet,
         split=split,
         language=language,
+        words=(min(words), max(words)),
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
