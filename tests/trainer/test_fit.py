@@ -99,3 +99,21 @@ def test_resume_without_checkpoints_says_it_starts_from_step_zero(stores, tmp_pa
     assert f"no readable checkpoint in {out}; starting from step 0" in result.output
     assert read_run(out)[1]["steps"] == 2
     assert [r["step"] for r in read_metrics(RunDir(out).metrics) if "loss" in r] == [1, 2]
+
+
+def test_resume_reads_a_checkpoint_of_the_earlier_format(stores, tmp_path: Path) -> None:
+    config = tiny_lora_config(stores.small, grad_accum=2, max_steps=4, eval_steps=2)
+    straight = fit(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed", on_step=_stop_at(2))
+    latest = RunDir(tmp_path / "resumed").checkpoint(2) / "state.pt"
+    state = torch.load(latest, weights_only=False)
+    sampler = state["sampler"]  # as the trainer before the sampler's resume() wrote it:
+    state["sampler"] = {"epoch": sampler["epoch"], "yielded": sampler["batches_trained"], "seed": sampler["seed"]}
+    state["progress"].update(epoch=sampler["epoch"], batches_done=sampler["batches_trained"])
+    torch.save(state, latest)
+
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+
+    for key, tensor in trainable_state(straight.model).items():
+        torch.testing.assert_close(trainable_state(resumed.model)[key], tensor, rtol=0, atol=1e-6, msg=key)

@@ -524,10 +524,22 @@ def read_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
         raise UnreadableCheckpoint(f"{path} is unreadable ({reason})") from None
     if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
         raise UnreadableCheckpoint(f"{path} is not a checkpoint this trainer wrote")
+    upgrade_checkpoint(state)
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
         raise TrainerError(f"{path}: checkpoint lacks {len(missing)} trainable tensors; it belongs to another model")
     return state
+
+
+def upgrade_checkpoint(state: dict[str, Any]) -> None:
+    """Read a checkpoint of an earlier trainer, whose progress held the epoch and batches consumed.
+
+    Its sampler entry `{"epoch", "yielded", "seed"}` counted the batches trained on already.
+    """
+    sampler = state["sampler"]
+    if "yielded" in sampler:
+        state["sampler"] = {"epoch": sampler["epoch"], "batches_trained": sampler["yielded"], "seed": sampler["seed"]}
+    state["progress"] = {key: state["progress"][key] for key in ("step", "evaluations")}
 
 
 def apply_checkpoint(
