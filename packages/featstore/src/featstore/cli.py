@@ -26,7 +26,7 @@ from featstore.layout import IngestSettings
 from featstore.lock import break_lock
 from featstore.reader import open_store
 from featstore.repair import repair_store
-from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
+from featstore.sample import LANGUAGES, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.storage import locate
 from featstore.summary import format_summary, summarize
@@ -330,13 +330,42 @@ def verify_command(store: str) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--defects/--no-defects", default=True, help="Plant one clip of each defect in shard 0.")
 @click.option(
-    "--alphabet", default=KINYARWANDA_LETTERS, callback=lambda _c, _p, v: letters(v), help="Characters the text uses."
+    "--language",
+    type=click.Choice(sorted(LANGUAGES)),
+    default="a",
+    help="How characters sound: a (Latin letters) or b (Greek letters, its own sound for each).",
+)
+@click.option(
+    "--alphabet",
+    callback=lambda _c, _p, v: None if v is None else letters(v),
+    help="Characters the sample text uses, in pitch order  [default: the language's letters]",
+)
+@click.option(
+    "--words", type=(click.IntRange(min=1), click.IntRange(min=1)), default=(2, 5), help="Words per clip: MIN MAX."
 )
 @user_errors
-def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str) -> None:
+def sample_command(
+    out: Path,
+    shards: int,
+    clips: int,
+    split: str,
+    seed: int,
+    defects: bool,
+    language: str,
+    alphabet: str | None,
+    words: tuple[int, int],
+) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
-        out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects, alphabet=alphabet, split=split
+        out,
+        shards=shards,
+        clips_per_shard=clips,
+        seed=seed,
+        defects=defects,
+        alphabet=alphabet,
+        split=split,
+        language=language,
+        words=(min(words), max(words)),
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
