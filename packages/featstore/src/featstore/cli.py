@@ -222,11 +222,26 @@ def verify_command(store: str) -> None:
 @click.option("--seed", type=int, default=0)
 @click.option("--defects/--no-defects", default=True, help="Plant one clip of each defect in shard 0.")
 @click.option("--alphabet", default=KINYARWANDA_LETTERS, help="Characters the sample text uses.")
+@click.option(
+    "--mislabels",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of clips given a wrong transcript (another clip's, or cut in half); listed in planted.json.",
+)
 @user_errors
-def sample_command(out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str) -> None:
+def sample_command(
+    out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str, mislabels: float
+) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
-        out, shards=shards, clips_per_shard=clips, seed=seed, defects=defects, alphabet=alphabet, split=split
+        out,
+        shards=shards,
+        clips_per_shard=clips,
+        seed=seed,
+        defects=defects,
+        alphabet=alphabet,
+        split=split,
+        mislabels=mislabels,
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 
