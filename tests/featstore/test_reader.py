@@ -143,10 +143,11 @@ def test_sampler_resumes_mid_epoch_from_its_state() -> None:
     full = list(sampler)
     sampler.set_epoch(2)
     iterator = iter(sampler)
-    seen = [next(iterator) for _ in range(10)]
+    seen = [next(iterator) for _ in range(12)]  # fetched ahead of training
+    sampler.mark_trained(10)
     resumed = DurationBucketSampler(durations, batch_size=7, seed=0)
     resumed.load_state_dict(sampler.state_dict())
-    assert seen + list(resumed) == full
+    assert seen[:10] + list(resumed) == full
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])

@@ -108,7 +108,7 @@ def test_sampler_resumes_mid_epoch_from_consumed_batches(stores, dataset: StoreD
     full = _indices(make_loader(dataset, sampler, workers=0))
     resumed = BatchOptions(batch_size=4).sampler(store, seed=0)
     # What fit checkpoints: the batches the loop consumed, not what the DataLoader prefetched.
-    resumed.load_state_dict({"epoch": 3, "yielded": 5, "seed": 2})
+    resumed.load_state_dict({"epoch": 3, "batches_trained": 5, "seed": 2})
     assert _indices(make_loader(dataset, resumed, workers=1)) == full[5:]
 
 

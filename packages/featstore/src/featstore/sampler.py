@@ -10,7 +10,9 @@ random starting phase per bucket, both redrawn every epoch, and (3) the order of
 across buckets and of the batches within each. The same seed and epoch give the same batches.
 
 It is a plain iterable of index lists, so `torch.utils.data.DataLoader(batch_sampler=...)`
-takes it directly; `state_dict()`/`load_state_dict()` resume mid-epoch, and `rank`/`world_size`
+takes it directly. To resume mid-epoch, the training loop reports each batch it has trained on
+(`mark_trained`), so `state_dict()` counts batches trained, not batches a DataLoader fetched ahead;
+`resume(epoch, batches_trained)` (or `load_state_dict`) continues after them. `rank`/`world_size`
 split every epoch across distributed processes without dropping or repeating an utterance.
 """
 
@@ -83,31 +85,37 @@ class DurationBucketSampler:
         self.world_size = world_size
         self.sample_rate = sample_rate
         self.epoch = 0
-        self._start = 0  # batches of this rank already yielded in this epoch (for resume)
+        self.batches_trained = 0  # batches of this rank's epoch the consumer has trained on
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose batches `__iter__` yields (call before each epoch)."""
+        """Choose the epoch whose batches `__iter__` yields, from its start."""
+        self.resume(epoch, 0)
+
+    def resume(self, epoch: int, batches_trained: int) -> None:
+        """Continue `epoch` after the first `batches_trained` of this rank's batches."""
         self.epoch = epoch
-        self._start = 0
+        self.batches_trained = batches_trained
+
+    def mark_trained(self, batches: int = 1) -> None:
+        """Record that `batches` more batches were trained on (what a checkpoint must skip)."""
+        self.batches_trained += batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.rank_batches()
-        start, self._start = self._start, 0
-        for position in range(start, len(batches)):
-            self._yielded = position + 1
-            yield batches[position]
+        # Sliced now, not lazily: a DataLoader fetches ahead, and marking batches trained while
+        # it does must not move where this pass started.
+        return iter(self.rank_batches()[self.batches_trained :])
 
     def __len__(self) -> int:
+        """This rank's batches in the whole epoch (trained ones included)."""
         return len(self.rank_batches())
 
     def state_dict(self) -> dict[str, Any]:
-        """Enough to continue exactly where the last yielded batch left off."""
-        return {"epoch": self.epoch, "yielded": getattr(self, "_yielded", 0), "seed": self.seed}
+        """Enough to continue exactly after the last batch trained on."""
+        return {"epoch": self.epoch, "batches_trained": self.batches_trained, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = state["seed"]
-        self.epoch = state["epoch"]
-        self._start = self._yielded = state["yielded"]
+        self.resume(state["epoch"], state["batches_trained"])
 
     def rank_batches(self) -> list[list[int]]:
         """This rank's batches of the current epoch."""

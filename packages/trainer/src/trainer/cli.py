@@ -8,17 +8,18 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 
 from featstore import FeatstoreError
-from trainer.config import DEFAULT_BASE, BatchOptions, FinetuneOptions, RunConfig, TextOptions
+from trainer.config import DEFAULT_BASE, BatchOptions, Device, FinetuneOptions, Method, RunConfig, Schedule, TextOptions
 from trainer.errors import TrainerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = RunConfig(store="")
 PATH = click.Path(path_type=Path)
+DEVICES = click.Choice(get_args(Device))
 
 
 def user_errors(command: F) -> F:
@@ -76,7 +77,7 @@ def main() -> None:
 @click.option("--out", required=True, type=PATH, help="Run directory to create (or continue with --resume).")
 @click.option("--base-model", default=DEFAULT_BASE, help="Hub id, local model directory, or tiny-random.")
 @click.option(
-    "--finetune", type=click.Choice(["lora", "full"]), default="lora", help="Train a LoRA adapter or every weight."
+    "--finetune", type=click.Choice(get_args(Method)), default="lora", help="Train a LoRA adapter or every weight."
 )
 @click.option("--lora-r", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_r)
 @click.option("--lora-alpha", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_alpha)
@@ -110,7 +111,7 @@ def main() -> None:
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["linear", "constant"]),
+    type=click.Choice(get_args(Schedule)),
     default=DEFAULTS.schedule,
     help="After warm-up: linear decay to zero, or constant.",
 )
@@ -136,7 +137,7 @@ def main() -> None:
 @click.option(
     "--mixed-precision/--no-mixed-precision", default=DEFAULTS.mixed_precision, help="bf16 (or fp16) autocast on CUDA."
 )
-@click.option("--device", default=DEFAULTS.device, help="auto picks cuda, then mps, then cpu.")
+@click.option("--device", type=DEVICES, default=DEFAULTS.device, help="auto picks cuda, then mps, then cpu.")
 @click.option(
     "--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, with its saved settings."
 )
@@ -147,7 +148,7 @@ def fit_command(
     eval_store: Path | None,
     out: Path,
     base_model: str,
-    finetune: str,
+    finetune: Method,
     lora_r: int,
     lora_alpha: int,
     lora_dropout: float,
@@ -190,7 +191,7 @@ def fit_command(
 @main.command("evaluate")
 @click.option("--store", required=True, type=PATH, help="Store with transcripts.")
 @click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
-@click.option("--device", default="auto")
+@click.option("--device", type=DEVICES, default="auto")
 @click.option("--workers", type=click.IntRange(min=0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
@@ -210,7 +211,7 @@ def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_j
 @click.option("--store", required=True, type=PATH)
 @click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
 @click.option("--out", required=True, type=PATH, help="CSV to write: audio_filepath, manifest fields, prediction.")
-@click.option("--device", default="auto")
+@click.option("--device", type=DEVICES, default="auto")
 @click.option("--workers", type=click.IntRange(min=0), default=0)
 @user_errors
 def transcribe_command(store: Path, run_dir: Path, out: Path, device: str, workers: int) -> None:

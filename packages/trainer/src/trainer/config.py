@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from featstore.sampler import DurationBucketSampler, for_store
 
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from featstore import FeatStore
 
 TINY_RANDOM = "tiny-random"
+Method = Literal["lora", "full"]  # train a LoRA adapter (and the CTC head), or every weight
+Schedule = Literal["linear", "constant"]  # after warm-up: linear decay to zero, or constant
+Device = Literal["auto", "cpu", "cuda", "mps"]  # auto: cuda, then mps, then cpu
 DEFAULT_BASE = "facebook/wav2vec2-large-xlsr-53"
 # Unicode punctuation and symbols except the apostrophe, which is a letter in many orthographies.
 _PUNCTUATION = re.compile(r"[^\w\s']|_")
@@ -58,7 +61,7 @@ class BatchOptions:
 class FinetuneOptions:
     """What trains. Defaults are the notebook's LoRA settings."""
 
-    method: str = "lora"  # "lora" or "full"
+    method: Method = "lora"
     lora_r: int = 32
     lora_alpha: int = 64
     lora_dropout: float = 0.1
@@ -80,7 +83,7 @@ class RunConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
-    schedule: str = "linear"  # after warm-up: "linear" decay to zero, or "constant"
+    schedule: Schedule = "linear"
     max_grad_norm: float = 1.0
     epochs: int = 15
     max_steps: int | None = None
@@ -91,7 +94,7 @@ class RunConfig:
     workers: int = 0
     gradient_checkpointing: bool = True
     mixed_precision: bool = True
-    device: str = "auto"
+    device: Device = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,25 +1,28 @@
-"""The training loop: one function, read top to bottom.
+"""The training loop, read top to bottom: `fit` names each stage, and each stage is one function.
 
 `fit(config, out)` builds the vocabulary and processor, the model (LoRA or full), the data
-path (lazy Dataset -> featstore's length-grouped sampler -> collator), then runs AdamW with
-linear warm-up then linear decay (or a constant rate), gradient accumulation and clipping,
-mixed precision on CUDA, and evaluates and checkpoints every `eval_steps`. Under `torchrun`
+path (lazy Dataset -> featstore's length-grouped sampler -> collator), the optimiser (AdamW with
+linear warm-up then linear decay, or a constant rate) and, with `resume=True`, restores the
+newest readable checkpoint. Then it trains with gradient accumulation and clipping, mixed
+precision on CUDA, and evaluates and checkpoints every `eval_steps`. Under `torchrun`
 (WORLD_SIZE > 1) it joins the process group from the environment, wraps the model in DDP, gives
 each rank its share of every epoch's batches, and lets only rank 0 write.
 
-A checkpoint is a plain dict: trainable weights, optimizer, scheduler, grad scaler, progress
-(step, epoch, batches of the epoch consumed), the sampler state and the RNG states, so
-`resume=True` continues exactly where the last completed optimizer step left off.
+A checkpoint is a plain dict: trainable weights, optimiser, scheduler, grad scaler, progress
+(step, evaluations), the sampler's state (epoch, batches trained on, seed) and the RNG states,
+so a resumed run continues exactly where the last completed optimiser step left off.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import shutil
 import time
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -30,12 +33,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 from tqdm import tqdm
-from transformers import get_scheduler
+from transformers import PreTrainedModel, Wav2Vec2Processor, get_scheduler
 
+from featstore import FeatStore
 from featstore.sampler import DurationBucketSampler
 from trainer.config import TINY_RANDOM, RunConfig
-from trainer.data import StoreDataset, make_loader, model_inputs
+from trainer.data import Batch, Item, StoreDataset, make_loader, model_inputs
 from trainer.errors import TrainerError
 from trainer.inference import pick_device, score, transcribe_batches
 from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate_metrics
@@ -51,6 +56,8 @@ from trainer.run import (
 )
 from trainer.stores import open_checked
 from trainer.vocab import PAD, build_processor, build_vocab, load_processor
+
+Echo = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -78,12 +85,48 @@ def init_distributed() -> Distributed:
 
 @dataclass
 class Progress:
-    """Where training stands; with the sampler's seed it fixes the next batch exactly."""
+    """Optimiser steps done and the evaluations so far (where in the data: the sampler's state)."""
 
     step: int = 0
-    epoch: int = 0
-    batches_done: int = 0  # batches of this epoch consumed by completed optimizer steps
     evaluations: list[dict[str, float]] = field(default_factory=list)  # {"step", "wer", "cer"}
+
+
+@dataclass(frozen=True)
+class Data:
+    """The training batches (the sampler knows the epoch and what was trained) and the eval batches."""
+
+    sampler: DurationBucketSampler
+    loader: DataLoader[Item]
+    eval_loader: DataLoader[Item] | None
+
+
+@dataclass(frozen=True)
+class Optimisation:
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LambdaLR from transformers.get_scheduler
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None  # autocast dtype; None trains in full precision
+
+
+@dataclass
+class Training:
+    """Everything the loop touches, built once by `fit`."""
+
+    config: RunConfig
+    run: RunDir
+    dist: Distributed
+    device: torch.device
+    model: torch.nn.Module  # what is saved (a PeftModel for LoRA)
+    trained: torch.nn.Module  # what runs forward: the model, or DDP around it
+    processor: Wav2Vec2Processor
+    data: Data
+    optimisation: Optimisation
+    total_steps: int
+    progress: Progress
+    echo: Echo
+    started: float
+    losses: list[float] = field(default_factory=list)  # since the last logged step
 
 
 @dataclass(frozen=True)
@@ -104,7 +147,7 @@ def fit(
     out: Path,
     resume: bool = False,
     overwrite: bool = False,
-    echo: Callable[[str], None] = tqdm.write,
+    echo: Echo = tqdm.write,
     on_step: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train (or with `resume`, continue) the run in `out`; `on_step(step)` runs after each step.
@@ -120,149 +163,21 @@ def fit(
     seed_everything(config.seed)
     train_store = open_checked(config.store, need_text=True)
     eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
-
-    base = None
-    if not resume:
-        texts = train_store.texts + (eval_store.texts if eval_store is not None else [])
-        vocab = build_vocab(config.text.normalize(t) for t in texts)
-        if config.base_model != TINY_RANDOM:
-            base = load_base(config.base_model, len(vocab), vocab[PAD])  # fails before anything is written
-        if d.is_main:
-            reset_run_dir(out)
-            build_processor(vocab, run.processor).save_pretrained(str(run.processor))
-            if config.base_model == TINY_RANDOM:
-                build_tiny_random(len(vocab), vocab[PAD], config.seed).save_pretrained(str(run.base))
-            write_run_file(run, config, status="training")
-        d.barrier()
-    processor = load_processor(run.processor)
-    if base is None:
-        base = load_base_for_run(run, config, processor)
-    model = prepare(base, config.finetune)
-    if config.gradient_checkpointing:
-        # Non-reentrant: with a frozen feature encoder the encoder input needs no grad, and the
-        # reentrant variant would then give the adapter no gradient at all.
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    device = pick_device(config.device, d.local_rank)
-    model.to(device)
+    processor, base = build_processor_and_base(config, run, d, train_store, eval_store, resume)
+    model, device = build_model(base, config, d)
     trainable, total = count_parameters(model)
     if d.is_main:
         echo(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) on {device}")
-
-    dataset = StoreDataset(config.store, processor, config.text)
-    sampler = config.batch.sampler(train_store, seed=config.seed, shuffle=True, rank=d.rank, world_size=d.world_size)
-    loader = make_loader(dataset, sampler, config.workers)
-    eval_loader = None
-    if config.eval_store and eval_store is not None and d.is_main:
-        eval_dataset = StoreDataset(config.eval_store, processor, config.text)
-        eval_loader = make_loader(eval_dataset, config.batch.sampler(eval_store, shuffle=False), config.workers)
-    total_steps = planned_steps(sampler, config)
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = {"linear": "linear", "constant": "constant_with_warmup"}[config.schedule]
-    scheduler = get_scheduler(
-        schedule, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps), num_training_steps=total_steps
+    data = build_data(config, processor, d, train_store, eval_store)
+    total_steps = planned_steps(data.sampler, config)
+    optimisation = build_optimisation(model, config, total_steps, device)
+    progress = resume_from_checkpoint(run, model, optimisation, data.sampler, d, echo) if resume else Progress()
+    trained = wrap_distributed(model, config, device, d)
+    training = Training(
+        config, run, d, device, model, trained, processor, data, optimisation, total_steps, progress, echo, started
     )
-    amp_dtype = autocast_dtype(device, config.mixed_precision)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    progress = Progress()
-    if resume and run.checkpoint_steps():
-        progress = load_checkpoint(run.checkpoint(run.checkpoint_steps()[-1]), model, optimizer, scheduler, scaler)
-        if d.is_main:
-            truncate_metrics(run.metrics, progress.step)
-            echo(f"resuming at step {progress.step} (epoch {progress.epoch}, batch {progress.batches_done})")
-    trained: torch.nn.Module = model
-    if d.world_size > 1:
-        # Full fine-tuning leaves masked_spec_embed unused when masking is off.
-        trained = DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=config.finetune.method == "full",
-        )
-
-    def checkpoint_and_evaluate() -> None:
-        if d.is_main:
-            record: dict[str, Any] = {"step": progress.step}
-            if eval_loader is not None:
-                scores = score(transcribe_batches(model, eval_loader, processor, device))
-                progress.evaluations.append({"step": progress.step, "wer": scores.wer, "cer": scores.cer})
-                record.update(eval_wer=scores.wer, eval_cer=scores.cer, epoch=progress.epoch)
-                append_metrics(run.metrics, record)
-                echo(f"step {progress.step}: eval WER {scores.wer:.4f}  CER {scores.cer:.4f}")
-            save_checkpoint(run.checkpoint(progress.step), model, optimizer, scheduler, scaler, progress, config.seed)
-            prune_checkpoints(run, progress, config.keep_best)
-        d.barrier()
-
-    bar = tqdm(total=total_steps, initial=progress.step, desc="fit", disable=None if d.is_main else True)
-    losses: list[float] = []
-    trained.train()
-    try:
-        while progress.step < total_steps:
-            sampler.load_state_dict({"epoch": progress.epoch, "yielded": progress.batches_done, "seed": config.seed})
-            epoch_batches, consumed, micro = len(sampler), progress.batches_done, 0
-            for batch in loader:
-                consumed += 1
-                micro += 1
-                boundary = micro == config.grad_accum or consumed == epoch_batches
-                sync = nullcontext() if boundary or d.world_size == 1 else trained.no_sync()  # type: ignore[operator]
-                inputs = model_inputs(batch, device)
-                with sync, autocast(device, amp_dtype):
-                    loss = trained(**inputs).loss
-                    scaler.scale(loss / config.grad_accum).backward()
-                losses.append(float(loss.detach()))
-                if not boundary:
-                    continue
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                progress.step, progress.batches_done, micro = progress.step + 1, consumed, 0
-                bar.update(1)
-                if progress.step % config.logging_steps == 0 and d.is_main:
-                    append_metrics(
-                        run.metrics,
-                        {
-                            "step": progress.step,
-                            "epoch": progress.epoch,
-                            "loss": float(np.mean(losses)),
-                            "learning_rate": scheduler.get_last_lr()[0],
-                            "seconds": round(time.monotonic() - started, 2),
-                        },
-                    )
-                    bar.set_postfix(loss=f"{np.mean(losses):.3f}")
-                    losses = []
-                if progress.step % config.eval_steps == 0 or progress.step == total_steps:
-                    checkpoint_and_evaluate()
-                if on_step is not None:
-                    on_step(progress.step)
-                if progress.step >= total_steps:
-                    break
-            else:
-                progress.epoch, progress.batches_done = progress.epoch + 1, 0
-    except KeyboardInterrupt:
-        if d.is_main and progress.step and progress.step not in run.checkpoint_steps():
-            save_checkpoint(run.checkpoint(progress.step), model, optimizer, scheduler, scaler, progress, config.seed)
-        raise
-    finally:
-        bar.close()
-
-    final_step = choose_final(progress)
-    if d.is_main:
-        if final_step != progress.step:
-            state = torch.load(run.checkpoint(final_step) / "state.pt", map_location=device, weights_only=False)
-            model.load_state_dict(state["model"], strict=False)
-        if config.finetune.method == "lora":
-            model.save_pretrained(str(run.adapter))  # type: ignore[operator]
-        else:
-            model.save_pretrained(str(run.model))  # type: ignore[operator]
-            processor.save_pretrained(str(run.model))
-        best = best_evaluation(progress)
-        write_run_file(run, config, status="finished", steps=progress.step, final_step=final_step, best=best)
-        plot_metrics(read_metrics(run.metrics), run.plot)
-    d.barrier()
+    train(training, on_step)
+    final_step = finish(training)
     return FitResult(
         model,
         out,
@@ -274,6 +189,240 @@ def fit(
         time.monotonic() - started,
         d.is_main,
     )
+
+
+def build_processor_and_base(
+    config: RunConfig,
+    run: RunDir,
+    d: Distributed,
+    train_store: FeatStore,
+    eval_store: FeatStore | None,
+    resume: bool,
+) -> tuple[Wav2Vec2Processor, PreTrainedModel]:
+    """A new run: vocabulary from the text, processor and (tiny-random) base written to the run.
+
+    A resumed run reads back what it wrote. A named base is loaded before anything is written,
+    so a base that does not load leaves the run directory as it was.
+    """
+    base = None
+    if not resume:
+        texts = train_store.texts + (eval_store.texts if eval_store is not None else [])
+        vocab = build_vocab(config.text.normalize(t) for t in texts)
+        if config.base_model != TINY_RANDOM:
+            base = load_base(config.base_model, len(vocab), vocab[PAD])
+        if d.is_main:
+            reset_run_dir(run.path)
+            build_processor(vocab, run.processor).save_pretrained(str(run.processor))
+            if config.base_model == TINY_RANDOM:
+                build_tiny_random(len(vocab), vocab[PAD], config.seed).save_pretrained(str(run.base))
+            write_run_file(run, config, status="training")
+        d.barrier()
+    processor = load_processor(run.processor)
+    if base is None:
+        base = load_base_for_run(run, config, processor)
+    return processor, base
+
+
+def build_model(base: PreTrainedModel, config: RunConfig, d: Distributed) -> tuple[torch.nn.Module, torch.device]:
+    """The model that trains (LoRA-wrapped or the base itself), on this process's device."""
+    model = prepare(base, config.finetune)
+    if config.gradient_checkpointing:
+        # Non-reentrant: with a frozen feature encoder the encoder input needs no grad, and the
+        # reentrant variant would then give the adapter no gradient at all.
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = pick_device(config.device, d.local_rank)
+    model.to(device)
+    return model, device
+
+
+def build_data(
+    config: RunConfig,
+    processor: Wav2Vec2Processor,
+    d: Distributed,
+    train_store: FeatStore,
+    eval_store: FeatStore | None,
+) -> Data:
+    """This rank's length-grouped training batches; eval batches on the main process only."""
+    dataset = StoreDataset(config.store, processor, config.text)
+    sampler = config.batch.sampler(train_store, seed=config.seed, shuffle=True, rank=d.rank, world_size=d.world_size)
+    eval_loader = None
+    if config.eval_store and eval_store is not None and d.is_main:
+        eval_dataset = StoreDataset(config.eval_store, processor, config.text)
+        eval_loader = make_loader(eval_dataset, config.batch.sampler(eval_store, shuffle=False), config.workers)
+    return Data(sampler, make_loader(dataset, sampler, config.workers), eval_loader)
+
+
+def build_optimisation(
+    model: torch.nn.Module, config: RunConfig, total_steps: int, device: torch.device
+) -> Optimisation:
+    """AdamW over the trainable weights, warm-up then the schedule, and the mixed-precision scaler."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = {"linear": "linear", "constant": "constant_with_warmup"}[config.schedule]
+    scheduler = get_scheduler(
+        schedule, optimizer, num_warmup_steps=int(config.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    amp_dtype = autocast_dtype(device, config.mixed_precision)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    return Optimisation(params, optimizer, scheduler, scaler, amp_dtype)
+
+
+def resume_from_checkpoint(
+    run: RunDir,
+    model: torch.nn.Module,
+    optimisation: Optimisation,
+    sampler: DurationBucketSampler,
+    d: Distributed,
+    echo: Echo,
+) -> Progress:
+    """Restore the newest checkpoint that reads back whole; say which, and what was skipped.
+
+    A checkpoint cut short (a full disk, a killed copy) is passed over for the one before it;
+    with none readable the run starts again from step 0, and says so.
+    """
+    for step in reversed(run.checkpoint_steps()):
+        try:
+            state = read_checkpoint(run.checkpoint(step), model)
+        except UnreadableCheckpoint as error:
+            if d.is_main:
+                echo(f"warning: {error}; trying the checkpoint before it")
+            continue
+        progress = apply_checkpoint(state, model, optimisation, sampler)
+        if d.is_main:
+            truncate_metrics(run.metrics, progress.step)
+            echo(f"resuming at step {progress.step} (epoch {sampler.epoch}, batch {sampler.batches_trained})")
+        return progress
+    if d.is_main:
+        truncate_metrics(run.metrics, 0)
+        echo(f"no readable checkpoint in {run.path}; starting from step 0")
+    return Progress()
+
+
+def wrap_distributed(
+    model: torch.nn.Module, config: RunConfig, device: torch.device, d: Distributed
+) -> torch.nn.Module:
+    if d.world_size == 1:
+        return model
+    # Full fine-tuning leaves masked_spec_embed unused when masking is off.
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=config.finetune.method == "full",
+    )
+
+
+def train(t: Training, on_step: Callable[[int], None] | None) -> None:
+    """Epoch after epoch until the planned steps; on Ctrl-C keep the last completed step."""
+    bar = tqdm(total=t.total_steps, initial=t.progress.step, desc="fit", disable=None if t.dist.is_main else True)
+    t.trained.train()
+    try:
+        while t.progress.step < t.total_steps:
+            train_epoch(t, bar, on_step)
+    except KeyboardInterrupt:
+        if t.dist.is_main and t.progress.step and t.progress.step not in t.run.checkpoint_steps():
+            save_checkpoint(t)
+        raise
+    finally:
+        bar.close()
+
+
+def train_epoch(t: Training, bar: tqdm[Any], on_step: Callable[[int], None] | None) -> None:
+    """The rest of the sampler's epoch, one optimiser step per `grad_accum` batches.
+
+    The epoch's last batches make a step even when fewer. Batches count as trained once their
+    step is taken, so a checkpoint never skips a batch whose gradient was thrown away.
+    """
+    sampler = t.data.sampler
+    epoch_batches, micro = len(sampler), 0
+    for batch in t.data.loader:
+        micro += 1
+        boundary = micro == t.config.grad_accum or sampler.batches_trained + micro == epoch_batches
+        t.losses.append(forward_backward(t, batch, sync=boundary))
+        if not boundary:
+            continue
+        optimiser_step(t.optimisation, t.config.max_grad_norm)
+        sampler.mark_trained(micro)
+        micro = 0
+        t.progress.step += 1
+        bar.update(1)
+        after_step(t, bar)
+        if on_step is not None:
+            on_step(t.progress.step)
+        if t.progress.step >= t.total_steps:
+            return
+    sampler.set_epoch(sampler.epoch + 1)
+
+
+def forward_backward(t: Training, batch: Batch, sync: bool) -> float:
+    """Loss and gradients of one batch; under DDP, gradients are all-reduced only when `sync`."""
+    no_sync = not sync and t.dist.world_size > 1
+    context = t.trained.no_sync() if no_sync else nullcontext()  # type: ignore[operator]
+    inputs = model_inputs(batch, t.device)
+    with context, autocast(t.device, t.optimisation.amp_dtype):
+        loss = t.trained(**inputs).loss
+        t.optimisation.scaler.scale(loss / t.config.grad_accum).backward()
+    return float(loss.detach())
+
+
+def optimiser_step(o: Optimisation, max_grad_norm: float) -> None:
+    o.scaler.unscale_(o.optimizer)
+    torch.nn.utils.clip_grad_norm_(o.params, max_grad_norm)
+    o.scaler.step(o.optimizer)
+    o.scaler.update()
+    o.optimizer.zero_grad(set_to_none=True)
+    o.scheduler.step()
+
+
+def after_step(t: Training, bar: tqdm[Any]) -> None:
+    """Log every `logging_steps`; evaluate and checkpoint every `eval_steps` and at the end."""
+    step = t.progress.step
+    if step % t.config.logging_steps == 0 and t.dist.is_main:
+        loss = float(np.mean(t.losses))
+        record = {
+            "step": step,
+            "epoch": t.data.sampler.epoch,
+            "loss": loss,
+            "learning_rate": t.optimisation.scheduler.get_last_lr()[0],
+            "seconds": round(time.monotonic() - t.started, 2),
+        }
+        append_metrics(t.run.metrics, record)
+        bar.set_postfix(loss=f"{loss:.3f}")
+        t.losses = []
+    if step % t.config.eval_steps == 0 or step == t.total_steps:
+        evaluate_and_checkpoint(t)
+
+
+def evaluate_and_checkpoint(t: Training) -> None:
+    """On the main process: score the eval store, save a checkpoint, prune the others."""
+    if t.dist.is_main:
+        if t.data.eval_loader is not None:
+            scores = score(transcribe_batches(t.model, t.data.eval_loader, t.processor, t.device))
+            t.progress.evaluations.append({"step": t.progress.step, "wer": scores.wer, "cer": scores.cer})
+            record = {"step": t.progress.step, "eval_wer": scores.wer, "eval_cer": scores.cer}
+            append_metrics(t.run.metrics, {**record, "epoch": t.data.sampler.epoch})
+            t.echo(f"step {t.progress.step}: eval WER {scores.wer:.4f}  CER {scores.cer:.4f}")
+        save_checkpoint(t)
+        prune_checkpoints(t.run, t.progress, t.config.keep_best)
+    t.dist.barrier()
+
+
+def finish(t: Training) -> int:
+    """Load the best evaluated weights, save the adapter (or model), mark the run finished."""
+    final_step = choose_final(t.progress)
+    if t.dist.is_main:
+        if final_step != t.progress.step:
+            state = torch.load(t.run.checkpoint(final_step) / "state.pt", map_location=t.device, weights_only=False)
+            t.model.load_state_dict(state["model"], strict=False)
+        if t.config.finetune.method == "lora":
+            t.model.save_pretrained(str(t.run.adapter))  # type: ignore[operator]
+        else:
+            t.model.save_pretrained(str(t.run.model))  # type: ignore[operator]
+            t.processor.save_pretrained(str(t.run.model))
+        best = best_evaluation(t.progress)
+        write_run_file(t.run, t.config, status="finished", steps=t.progress.step, final_step=final_step, best=best)
+        plot_metrics(read_metrics(t.run.metrics), t.run.plot)
+    t.dist.barrier()
+    return final_step
 
 
 def seed_everything(seed: int) -> None:
@@ -309,23 +458,20 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
         yield
 
 
-def save_checkpoint(
-    path: Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    progress: Progress,
-    seed: int,
-) -> None:
-    """Write `path/state.pt` atomically: built in a sibling directory, then renamed."""
+class UnreadableCheckpoint(Exception):
+    """A checkpoint that does not read back whole (cut short, or from another model)."""
+
+
+def save_checkpoint(t: Training) -> None:
+    """Write the checkpoint of the current step atomically: built in a sibling directory, then renamed."""
+    o = t.optimisation
     state = {
-        "progress": asdict(progress),
-        "sampler": {"epoch": progress.epoch, "yielded": progress.batches_done, "seed": seed},
-        "model": trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
+        "progress": asdict(t.progress),
+        "sampler": t.data.sampler.state_dict(),
+        "model": trainable_state(t.model),
+        "optimizer": o.optimizer.state_dict(),
+        "scheduler": o.scheduler.state_dict(),
+        "scaler": o.scaler.state_dict(),
         "rng": {
             "python": random.getstate(),
             "numpy": np.random.get_state(),
@@ -333,6 +479,7 @@ def save_checkpoint(
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
     }
+    path = t.run.checkpoint(t.progress.step)
     partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
     partial.mkdir(parents=True)
     torch.save(state, partial / "state.pt")
@@ -341,18 +488,33 @@ def save_checkpoint(
     partial.rename(path)
 
 
-def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler
-) -> Progress:
-    """Restore everything `save_checkpoint` wrote; return the progress to continue from."""
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+CHECKPOINT_KEYS = {"progress", "sampler", "model", "optimizer", "scheduler", "scaler", "rng"}
+
+
+def read_checkpoint(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """The state `save_checkpoint` wrote, checked whole before anything is restored from it."""
+    try:
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnreadableCheckpoint(f"{path} is unreadable ({reason})") from None
+    if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
+        raise UnreadableCheckpoint(f"{path} is not a checkpoint this trainer wrote")
     missing = set(trainable_state(model)) - set(state["model"])
     if missing:
         raise TrainerError(f"{path}: checkpoint lacks {len(missing)} trainable tensors; it belongs to another model")
+    return state
+
+
+def apply_checkpoint(
+    state: dict[str, Any], model: torch.nn.Module, o: Optimisation, sampler: DurationBucketSampler
+) -> Progress:
+    """Restore everything `save_checkpoint` wrote; return the progress to continue from."""
     model.load_state_dict(state["model"], strict=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    o.optimizer.load_state_dict(state["optimizer"])
+    o.scheduler.load_state_dict(state["scheduler"])
+    o.scaler.load_state_dict(state["scaler"])
+    sampler.load_state_dict(state["sampler"])
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
