@@ -16,6 +16,7 @@ import numpy as np
 
 from featstore import FeatStore
 from trainer.errors import TrainerError
+from trainer.stores import open_checked
 
 
 @dataclass(frozen=True)
@@ -80,3 +81,22 @@ def exclusion_from_scores(scores: Path, cer_above: float, store: FeatStore) -> E
         raise TrainerError(f"{scores}: these scores are of another store; run trainer score on this one")
     indices = sorted(index for index, _, cer in scored if cer > cer_above)
     return Exclusion(tuple(indices), f"cer > {cer_above} in {scores}")
+
+
+def resolve_exclusion(
+    store_path: Path | None, listing: Path | None, cer_above: float | None, scores: Path | None
+) -> Exclusion:
+    """The exclusion that fit's options ask for (none without them), checked against the store."""
+    if (cer_above is None) != (scores is None):
+        raise TrainerError("--exclude-cer-above and --scores go together: a threshold and the table it applies to")
+    if listing is None and scores is None:
+        return Exclusion()
+    if listing is not None and scores is not None:
+        raise TrainerError("give either --exclude or --exclude-cer-above with --scores, not both")
+    if store_path is None:
+        raise TrainerError("--store is required to resolve an exclusion")
+    store = open_checked(store_path)
+    if listing is not None:
+        return exclusion_from_list(listing, store)
+    assert scores is not None and cer_above is not None
+    return exclusion_from_scores(scores, cer_above, store)

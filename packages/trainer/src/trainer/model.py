@@ -10,6 +10,7 @@ Quickstart use it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -48,13 +49,18 @@ def tiny_config(vocab_size: int, pad_token_id: int) -> Wav2Vec2Config:
     )
 
 
-def build_tiny_random(vocab_size: int, pad_token_id: int, seed: int) -> Wav2Vec2ForCTC:
+def build_tiny_random(vocab_size: int, pad_token_id: int, seed: int, **config: Any) -> Wav2Vec2ForCTC:
+    """`config` overrides `tiny_config`'s values (SpecAugment masking, for one)."""
     torch.manual_seed(seed)
-    return Wav2Vec2ForCTC(tiny_config(vocab_size, pad_token_id))
+    settings = tiny_config(vocab_size, pad_token_id)
+    settings.update(config)
+    return Wav2Vec2ForCTC(settings)
 
 
-def load_base(name: str, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
+def load_base(name: str, vocab_size: int, pad_token_id: int, **config: Any) -> PreTrainedModel:
     """A CTC model from a hub id or local directory, its CTC head sized to our vocabulary.
+
+    `config` overrides values of the model's own config (SpecAugment masking, for one).
 
     A pretraining checkpoint (like xlsr-53) has no head, and a fine-tuned one has a head for
     another vocabulary: either way the head is new, hence `ignore_mismatched_sizes`.
@@ -71,6 +77,7 @@ def load_base(name: str, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
             ctc_loss_reduction="mean",
             ctc_zero_infinity=True,
             ignore_mismatched_sizes=True,
+            **config,
         )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

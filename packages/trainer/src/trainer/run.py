@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from trainer.augment import masking_config
 from trainer.config import TINY_RANDOM, RunConfig
 from trainer.errors import TrainerError
 from trainer.model import load_adapter, load_base
@@ -148,7 +149,7 @@ def load_base_for_run(run: RunDir, config: RunConfig, processor: Wav2Vec2Process
     if config.base_model == TINY_RANDOM:
         return Wav2Vec2ForCTC.from_pretrained(str(run.base.resolve()))
     tokenizer = processor.tokenizer
-    return load_base(config.base_model, len(tokenizer), tokenizer.pad_token_id)
+    return load_base(config.base_model, len(tokenizer), tokenizer.pad_token_id, **masking_config(config.augment))
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[torch.nn.Module, Wav2Vec2Processor, RunConfig]:
