@@ -6,6 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 
 from featstore import open_store
 from featstore.sampler import DurationBucketSampler
@@ -20,6 +21,13 @@ from trainer.augment import (
     speed_factors,
     speed_length,
 )
+from trainer.config import BatchOptions
+from trainer.fit import fit
+from trainer.metrics import read_metrics
+from trainer.model import trainable_state
+from trainer.run import RunDir
+
+from helpers import tiny_lora_config
 
 SR = 16_000
 
@@ -156,3 +164,30 @@ def test_speed_aware_batches_fit_their_limit_with_the_changed_durations(stores) 
         # Cut by the stored durations instead, batches run over the limit once slowed down.
         overfull += sum(max(changed[b]) * len(b) > 10.0 for b in plain)
     assert overfull > 0
+
+
+def _stop_at(step: int):
+    def on_step(current: int) -> None:
+        if current == step:
+            raise KeyboardInterrupt
+
+    return on_step
+
+
+def test_interrupted_fit_with_augmentation_resumes_exactly(stores, tmp_path) -> None:
+    """Speed, noise, gain and SpecAugment masking, a prefetching worker, across epochs: all line up."""
+    augment = AugmentOptions(
+        speeds=(0.9, 1.0, 1.1), noise_store=str(stores.dev), gain_db=(-4.0, 4.0), mask_time_prob=0.1
+    )
+    batch = BatchOptions(max_batch_seconds=5.0, batch_size=None)
+    config = tiny_lora_config(stores.small, augment=augment, batch=batch, workers=1, max_steps=9, eval_steps=3)
+    straight = fit(config, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed", on_step=_stop_at(5))
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+    assert resumed.steps == straight.steps == 9
+    epochs = [r["epoch"] for r in read_metrics(RunDir(tmp_path / "straight").metrics) if "loss" in r]
+    assert epochs[0] == 0 and epochs[-1] >= 1  # the run crosses an epoch: its speed factors are redrawn
+    expected, actual = trainable_state(straight.model), trainable_state(resumed.model)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
