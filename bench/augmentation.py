@@ -95,7 +95,7 @@ def perturbed_split(work: Path, clean_split: Path, noise: np.ndarray, snr_db: fl
             for n, member in enumerate(tar.getmembers()):
                 audio = decode_clip(tar.extractfile(member).read())  # type: ignore[union-attr]
                 audio = change_speed(audio, (0.9, 1.1)[n % 2], SR)
-                audio = add_noise(audio, noise_segment(noise, audio.size, rng), snr_db)
+                audio = add_noise(audio, noise_segment(noise, audio.size, rng.random()), snr_db)
                 clips.append((member.name, audio / max(1.0, float(np.max(np.abs(audio)))), records[member.name]))
     write_split(work / "perturbed", clips)
     return ingest(work / "perturbed", work / "perturbed.zarr")

@@ -17,8 +17,8 @@ from trainer.augment import (
     SpeedChangedDurations,
     add_noise,
     change_speed,
+    epoch_draws,
     quantize,
-    speed_factors,
     speed_length,
 )
 from trainer.config import BatchOptions
@@ -68,19 +68,23 @@ def test_silent_audio_gets_no_noise() -> None:
 
 def test_quantize_keeps_the_audio_to_int16_precision() -> None:
     audio = np.random.default_rng(1).normal(0, 1, 1000).astype(np.float32)
-    samples, scale = quantize(audio)
+    samples, scale = quantize(audio.copy())
     assert samples.dtype == np.int16 and np.abs(samples).max() == 32767
     assert np.abs(samples * scale - audio).max() <= scale / 2 + 1e-6
 
 
-def test_speed_factors_are_drawn_per_seed_and_epoch() -> None:
-    speeds = (0.9, 1.0, 1.1)
-    first = speed_factors(speeds, seed=0, epoch=0, count=300)
-    assert np.array_equal(first, speed_factors(speeds, seed=0, epoch=0, count=300))
-    assert set(first.tolist()) == set(speeds)
-    assert not np.array_equal(first, speed_factors(speeds, seed=0, epoch=1, count=300))
-    assert not np.array_equal(first, speed_factors(speeds, seed=1, epoch=0, count=300))
-    assert np.array_equal(speed_factors((), 0, 0, 5), np.ones(5))
+def test_draws_are_made_per_seed_and_epoch() -> None:
+    options = AugmentOptions(speeds=(0.9, 1.0, 1.1), gain_db=(-6.0, 6.0))
+    first = epoch_draws(options, seed=0, epoch=0, count=300)
+    assert np.array_equal(first.speed, epoch_draws(options, seed=0, epoch=0, count=300).speed)
+    assert set(first.speed.tolist()) == {0.9, 1.0, 1.1}
+    assert not np.array_equal(first.speed, epoch_draws(options, seed=0, epoch=1, count=300).speed)
+    assert not np.array_equal(first.speed, epoch_draws(options, seed=1, epoch=0, count=300).speed)
+    # Noise options do not move the speed factors, so batches stay the same when they change.
+    noisy = AugmentOptions(speeds=(0.9, 1.0, 1.1), gain_db=(-6.0, 6.0), noise_store="n.zarr", snr_db=(0.0, 5.0))
+    assert np.array_equal(first.speed, epoch_draws(noisy, seed=0, epoch=0, count=300).speed)
+    assert not first.noisy.any() and epoch_draws(noisy, 0, 0, 300).noisy.all()
+    assert np.array_equal(epoch_draws(AugmentOptions(), 0, 0, 5).speed, np.ones(5))
 
 
 def _augmenter(store, **options) -> Augmenter:
@@ -95,7 +99,7 @@ def test_gain_changes_the_level_by_the_drawn_decibels(stores) -> None:
         samples, scale = augment(i, store.raw_audio(i), float(store.scales[i]), epoch=0)
         assert np.array_equal(samples, store.raw_audio(i))
         gain = _power_db(samples * np.float32(scale)) - _power_db(store.audio(i))
-        assert gain == pytest.approx(augment.choices(i, 0).gain_db, abs=1e-3)
+        assert gain == pytest.approx(augment.draws(0).gain_db[i], abs=1e-3)
         gains.append(gain)
     assert -6 <= min(gains) < 0 < max(gains) <= 6
 
@@ -109,7 +113,7 @@ def test_noise_from_a_store_is_added_at_an_snr_in_the_range(stores) -> None:
         noisy = samples * np.float32(scale)
         assert noisy.size == clean.size
         measured = _power_db(clean) - _power_db(noisy - clean)
-        assert measured == pytest.approx(augment.choices(i, 3).snr_db, abs=0.05)
+        assert measured == pytest.approx(augment.draws(3).snr_db[i], abs=0.05)
         assert 5.0 - 0.05 <= measured <= 15.0 + 0.05
 
 
@@ -118,7 +122,7 @@ def test_speed_perturbation_of_store_audio_gives_the_drawn_duration(stores) -> N
     augment = _augmenter(store, speeds=(0.9, 1.0, 1.1))
     seen = set()
     for i in range(len(store)):
-        factor = augment.choices(i, 1).speed
+        factor = augment.draws(1).speed[i]
         samples, _ = augment(i, store.raw_audio(i), float(store.scales[i]), epoch=1)
         assert samples.size == speed_length(int(store.lengths[i]), factor)
         seen.add(factor)
@@ -159,7 +163,7 @@ def test_speed_aware_batches_fit_their_limit_with_the_changed_durations(stores) 
         batches = list(sampler)
         assert sorted(i for b in batches for i in b) == indices.tolist()
         for batch in batches:
-            longest = max(speed_length(int(store.lengths[i]), augment.choices(i, epoch).speed) for i in batch)
+            longest = max(speed_length(int(store.lengths[i]), augment.draws(epoch).speed[i]) for i in batch)
             assert longest * len(batch) <= 10.0 * SR
         # Cut by the stored durations instead, batches run over the limit once slowed down.
         overfull += sum(max(changed[b]) * len(b) > 10.0 for b in plain)

@@ -8,7 +8,7 @@ order in which workers happen to read, so an epoch is the same however many work
 and a resumed run sees exactly the audio that an uninterrupted one would have seen.
 
 Speed perturbation changes an utterance's duration, so its factor is decided before
-batching: `speed_factors` draws one factor per utterance of the store from (seed, epoch),
+batching: `epoch_draws` draws one factor per utterance of the store from (seed, epoch),
 `SpeedAwareSampler` cuts that epoch's batches by the changed durations (so they fill
 `max_batch_seconds` and never pass it), and the worker applies the same factor.
 
@@ -32,10 +32,11 @@ from featstore import FeatStore, open_store
 from featstore.sampler import DurationBucketSampler
 
 INT16_MAX = 32767
-# Independent random streams per (seed, epoch): one for the speed factors of the whole store,
-# one per utterance for everything else.
-_SPEED_STREAM = 0
-_CLIP_STREAM = 1
+_DRAWS_STREAM = 0  # a generator key beside (seed, epoch), kept apart from any other use of them
+# Noise is read as one bank per epoch: this many seconds of consecutive noise clips (in storage
+# order, so a few chunk reads), from a position drawn per epoch. Utterances take segments of it:
+# reading a random noise clip per utterance cost a chunk decode each, as much as the read itself.
+NOISE_BANK_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -71,12 +72,34 @@ class AugmentOptions:
         )
 
 
-def speed_factors(speeds: tuple[float, ...], seed: int, epoch: int, count: int) -> np.ndarray:
-    """The speed factor of each of `count` utterances in `epoch`: one vectorised draw per epoch."""
-    if not speeds:
-        return np.ones(count)
-    rng = np.random.default_rng([seed, epoch, _SPEED_STREAM])
-    return np.asarray(speeds, dtype=np.float64)[rng.integers(len(speeds), size=count)]
+@dataclass(frozen=True)
+class EpochDraws:
+    """Every random choice of one epoch, one entry per utterance of the store (by store index).
+
+    Drawn at once per (seed, epoch) from one generator: a few vectorised draws cost less than
+    seeding a generator per utterance, and every worker that needs them gets the same arrays.
+    """
+
+    speed: np.ndarray  # speed factor
+    gain_db: np.ndarray
+    noisy: np.ndarray  # bool: gets noise
+    snr_db: np.ndarray
+    noise_offset: np.ndarray  # in [0, 1): where its noise starts in the epoch's noise bank
+    bank_start: float  # in [0, 1): where the epoch's noise bank starts in the noise store
+
+
+def epoch_draws(options: AugmentOptions, seed: int, epoch: int, count: int) -> EpochDraws:
+    """The draws of `epoch` for `count` utterances; speeds first, so other options leave them be."""
+    rng = np.random.default_rng([seed, epoch, _DRAWS_STREAM])
+    speeds = np.asarray(options.speeds or (1.0,), dtype=np.float64)
+    return EpochDraws(
+        speed=speeds[rng.integers(speeds.size, size=count)],
+        gain_db=rng.uniform(*options.gain_db, size=count),
+        noisy=(rng.random(count) < options.noise_prob) & (options.noise_store is not None),
+        snr_db=rng.uniform(*options.snr_db, size=count),
+        noise_offset=rng.random(count),
+        bank_start=float(rng.random()),
+    )
 
 
 def speed_length(length: int, factor: float) -> int:
@@ -99,11 +122,25 @@ def change_speed(audio: np.ndarray, factor: float, sample_rate: int) -> np.ndarr
     return np.pad(out, (0, length - out.size)).astype(np.float32, copy=False)
 
 
-def noise_segment(noise: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """`length` samples of `noise` from a random offset, looping a clip that is too short."""
-    start = int(rng.integers(noise.size))
-    repeats = math.ceil((start + length) / noise.size)
-    return np.tile(noise, repeats)[start : start + length] if repeats > 1 else noise[start : start + length]
+def noise_segment(noise: np.ndarray, length: int, offset: float) -> np.ndarray:
+    """`length` samples of `noise` starting at `offset` (a fraction in [0, 1)), looped if too short."""
+    if noise.size >= length:
+        start = int(offset * (noise.size - length + 1))
+        return noise[start : start + length]
+    return np.resize(np.roll(noise, -int(offset * noise.size)), length)
+
+
+def noise_bank(store: FeatStore, start: float, seconds: float) -> np.ndarray:
+    """About `seconds` of `store`'s audio: its clips in storage order from fraction `start`, wrapping."""
+    order = np.lexsort((store.offsets, store.buckets, store.shard_codes))
+    order = np.roll(order, -int(start * order.size))
+    pieces, samples = [], 0
+    for index in order.tolist():
+        pieces.append(store.audio(index))
+        samples += pieces[-1].size
+        if samples >= seconds * store.sample_rate:
+            break
+    return np.concatenate(pieces)
 
 
 def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
@@ -111,33 +148,26 @@ def add_noise(audio: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray
 
     Silent audio or silent noise is returned unchanged: no SNR is defined.
     """
-    signal_power = float(np.mean(np.square(audio, dtype=np.float64)))
-    noise_power = float(np.mean(np.square(noise, dtype=np.float64)))
-    if signal_power == 0.0 or noise_power == 0.0:
+    signal_energy = float(np.dot(audio, audio))
+    noise_energy = float(np.dot(noise, noise))
+    if signal_energy == 0.0 or noise_energy == 0.0:
         return audio
-    gain = math.sqrt(signal_power / (noise_power * 10 ** (snr_db / 10)))
-    return (audio + np.float32(gain) * noise).astype(np.float32, copy=False)
+    mixed = np.multiply(noise, math.sqrt(signal_energy / (noise_energy * 10 ** (snr_db / 10))), dtype=np.float32)
+    mixed += audio
+    return mixed
 
 
 def quantize(audio: np.ndarray) -> tuple[np.ndarray, float]:
-    """int16 samples and a scale with `samples * scale ~= audio`, the peak at full scale."""
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    """int16 samples and a scale with `samples * scale ~= audio`, the peak at full scale.
+
+    Works in place on `audio` (a float32 array of the caller's own): one temporary less.
+    """
+    peak = max(float(audio.max()), -float(audio.min())) if audio.size else 0.0
     if peak == 0.0:
         return np.zeros(audio.size, dtype=np.int16), 1.0
     scale = peak / INT16_MAX
-    return np.rint(audio / np.float32(scale)).astype(np.int16), scale
-
-
-@dataclass(frozen=True)
-class ClipChoices:
-    """The random choices for one utterance in one epoch."""
-
-    speed: float
-    gain_db: float
-    noisy: bool
-    snr_db: float
-    noise_index: int
-    noise_rng: np.random.Generator  # picks the offset into the noise clip
+    np.multiply(audio, np.float32(1 / scale), out=audio)
+    return np.rint(audio, out=audio).astype(np.int16), scale
 
 
 class Augmenter:
@@ -150,42 +180,47 @@ class Augmenter:
     def __init__(self, options: AugmentOptions, seed: int, count: int, sample_rate: int) -> None:
         self.options = options
         self.seed = seed
-        self.count = count  # utterances in the training store (speed factors are drawn for all)
+        self.count = count  # utterances in the training store (draws are made for all)
         self.sample_rate = sample_rate
-        self._factors: tuple[int, np.ndarray] = (-1, np.ones(0))
+        self._draws: tuple[int, EpochDraws | None] = (-1, None)
+        self._bank: tuple[int, np.ndarray] = (-1, np.zeros(0, np.float32))
         self._noise: FeatStore | None = None
         self._pid = os.getpid()
         if options.noise_store is not None and len(self.noise) == 0:
             raise ValueError(f"{options.noise_store}: the noise store has no clips")
 
-    def speed_factors(self, epoch: int) -> np.ndarray:
-        """Every utterance's speed factor in `epoch` (kept for the epoch being read)."""
-        if self._factors[0] != epoch:
-            self._factors = (epoch, speed_factors(self.options.speeds, self.seed, epoch, self.count))
-        return self._factors[1]
+    def draws(self, epoch: int) -> EpochDraws:
+        """The draws of `epoch` (kept for the epoch being read)."""
+        cached_epoch, draws = self._draws
+        if draws is None or cached_epoch != epoch:
+            draws = epoch_draws(self.options, self.seed, epoch, self.count)
+            self._draws = (epoch, draws)
+        return draws
 
-    def choices(self, index: int, epoch: int) -> ClipChoices:
-        """Always the same draws in the same order, whichever of them are used."""
-        rng = np.random.default_rng([self.seed, epoch, index, _CLIP_STREAM])
-        gain_db = float(rng.uniform(*self.options.gain_db))
-        noisy = bool(rng.random() < self.options.noise_prob) and self.options.noise_store is not None
-        snr_db = float(rng.uniform(*self.options.snr_db))
-        noise_index = int(rng.integers(len(self.noise))) if self.options.noise_store is not None else -1
-        return ClipChoices(float(self.speed_factors(epoch)[index]), gain_db, noisy, snr_db, noise_index, rng)
+    def speed_factors(self, epoch: int) -> np.ndarray:
+        """Every utterance's speed factor in `epoch`."""
+        return self.draws(epoch).speed
+
+    def noise_bank(self, epoch: int) -> np.ndarray:
+        """The noise that utterances of `epoch` take their segments from (read once per epoch)."""
+        if self._bank[0] != epoch:
+            self._bank = (epoch, noise_bank(self.noise, self.draws(epoch).bank_start, NOISE_BANK_SECONDS))
+        return self._bank[1]
 
     def __call__(self, index: int, samples: np.ndarray, scale: float, epoch: int) -> tuple[np.ndarray, float]:
         """The augmented (int16 samples, scale) of utterance `index` in `epoch`.
 
         Gain only multiplies the scale; speed and noise work on float audio, quantized back.
         """
-        choice = self.choices(index, epoch)
-        gain = 10 ** (choice.gain_db / 20)
-        if choice.speed == 1.0 and not choice.noisy:
+        draws = self.draws(epoch)
+        speed, noisy = float(draws.speed[index]), bool(draws.noisy[index])
+        gain = 10 ** (float(draws.gain_db[index]) / 20)
+        if speed == 1.0 and not noisy:
             return samples, scale * gain
-        audio = change_speed(np.multiply(samples, scale, dtype=np.float32), choice.speed, self.sample_rate)
-        if choice.noisy:
-            noise = self.noise.audio(choice.noise_index)
-            audio = add_noise(audio, noise_segment(noise, audio.size, choice.noise_rng), choice.snr_db)
+        audio = change_speed(np.multiply(samples, scale, dtype=np.float32), speed, self.sample_rate)
+        if noisy:
+            noise = noise_segment(self.noise_bank(epoch), audio.size, float(draws.noise_offset[index]))
+            audio = add_noise(audio, noise, float(draws.snr_db[index]))
         quantized, new_scale = quantize(audio)
         return quantized, new_scale * gain
 
@@ -199,7 +234,7 @@ class Augmenter:
         return self._noise
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_noise": None}
+        return {**self.__dict__, "_noise": None, "_bank": (-1, np.zeros(0, np.float32))}
 
 
 class SpeedAwareSampler(DurationBucketSampler):
