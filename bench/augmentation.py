@@ -104,7 +104,7 @@ def perturbed_split(work: Path, clean_split: Path, noise: np.ndarray, snr_db: fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/augmentation-bench"))
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)

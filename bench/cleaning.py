@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--clips", type=int, default=60, help="clips per training shard")
     parser.add_argument("--mislabels", type=float, default=0.05)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--top", type=float, default=0.05, help="share of the table searched for planted clips")
     parser.add_argument("--cer-above", type=float, default=0.5, help="retrain without clips whose CER is above")
     parser.add_argument("--json")

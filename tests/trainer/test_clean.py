@@ -26,7 +26,7 @@ from trainer.vocab import build_processor, build_vocab
 from helpers import tiny_lora_config
 
 ALPHABET = "abcdefghij"  # the letters of the session's stores (conftest.py)
-LEARNED_STEPS = 300  # full fine-tuning of tiny-random past the blank plateau (see test_learning.py)
+LEARNED_STEPS = 400  # the learning test's steps: tiny-random leaves the blank plateau after ~300 (test_learning.py)
 
 
 def invoke(*args: str | Path):
