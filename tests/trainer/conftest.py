@@ -27,6 +27,7 @@ from featstore.layout import IngestSettings
 from featstore.sample import write_sample_corpus
 
 ALPHABET = "abcdefghij"
+B_ALPHABET = "αβγδεζηθικ"  # language b: its own letters, each with its own sound
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
@@ -37,18 +38,23 @@ class Stores:
     small: Path  # a few utterances, for fast functional tests
     no_text: Path  # utterances whose text is empty (a test split)
     empty: Path  # a valid store with no utterances
+    unseen: Path  # text with letters that `train` and `small` do not have
+    b_small: Path  # a few utterances of language b: none of `train`'s letters
+    b_train: Path  # language b, for adapting the base trained on language a (`train`)
+    b_dev: Path  # held-out utterances of language b
 
 
-def _corpus(root: Path, split: str, shards: int, clips: int, seed: int) -> Path:
+def _corpus(root: Path, split: str, shards: int, clips: int, seed: int, language: str, alphabet: str) -> Path:
     corpus = write_sample_corpus(
         root,
         shards=shards,
         clips_per_shard=clips,
         seed=seed,
         defects=False,
-        alphabet=ALPHABET,
+        alphabet=alphabet,
         split=split,
         words=(1, 3),
+        language=language,
     )
     return corpus.split_dir
 
@@ -77,7 +83,16 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
     from distributed import LocalCluster
 
     root = tmp_path_factory.mktemp("corpora")
-    jobs = {"train": (4, 100, 1), "dev": (1, 30, 2), "small": (1, 12, 3), "blank": (1, 6, 4)}
+    jobs = {
+        "train": (4, 100, 1, "a", ALPHABET),
+        "dev": (1, 30, 2, "a", ALPHABET),
+        "small": (1, 12, 3, "a", ALPHABET),
+        "blank": (1, 6, 4, "a", ALPHABET),
+        "unseen": (1, 4, 5, "a", "hijkl"),  # k and l are outside ALPHABET
+        "b_small": (1, 4, 6, "b", B_ALPHABET),
+        "b_train": (4, 100, 11, "b", B_ALPHABET),
+        "b_dev": (1, 30, 12, "b", B_ALPHABET),
+    }
     with ProcessPoolExecutor(2) as pool:  # generating opus audio is the slow part; use both cores
         futures = {name: pool.submit(_corpus, root, name, *job) for name, job in jobs.items()}
         splits = {name: future.result() for name, future in futures.items()}
@@ -89,6 +104,10 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Stores:
             train=_ingest(splits["train"], root / "train.zarr", address),
             dev=_ingest(splits["dev"], root / "dev.zarr", address),
             small=_ingest(splits["small"], root / "small.zarr", address),
+            unseen=_ingest(splits["unseen"], root / "unseen.zarr", address),
+            b_small=_ingest(splits["b_small"], root / "b_small.zarr", address),
+            b_train=_ingest(splits["b_train"], root / "b_train.zarr", address),
+            b_dev=_ingest(splits["b_dev"], root / "b_dev.zarr", address),
             no_text=_ingest(splits["blank"], root / "no_text.zarr", address, IngestSettings(keep_empty_text=True)),
             # Every clip rejected as too short: a valid store with no utterances.
             empty=_ingest(

@@ -59,6 +59,20 @@ def test_evaluate_reports_adapter_and_base(stores, lora_run: Path) -> None:
     assert scores["adapter"]["utterances"] == len(open_store(stores.small))
 
 
+def test_evaluate_names_the_characters_the_run_never_saw(stores, lora_run: Path) -> None:
+    result = invoke("evaluate", "--store", stores.unseen, "--run", lora_run, "--json")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "characters the run never saw" in warnings[0], result.stderr
+    assert "'k'" in warnings[0] and "'l'" in warnings[0] and "'h'" not in warnings[0]
+    assert json.loads(result.stdout)["adapter"]["utterances"] == 4  # still scored
+
+
+def test_evaluate_refuses_a_store_in_another_alphabet(stores, lora_run: Path) -> None:
+    result = invoke("evaluate", "--store", stores.b_small, "--run", lora_run)
+    assert_user_error(result, "none of its characters are in the run's vocabulary", "nothing can be scored")
+
+
 def test_transcribe_works_without_text(stores, lora_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "predictions.csv"
     result = invoke("transcribe", "--store", stores.no_text, "--run", lora_run, "--out", out)

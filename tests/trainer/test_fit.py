@@ -1,13 +1,16 @@
-"""The training loop: an interrupted run resumes exactly; checkpoints, metrics and plot."""
+"""The training loop: an interrupted run resumes exactly, past a damaged checkpoint; checkpoints, metrics, plot."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from trainer.cli import main
 from trainer.fit import fit
 from trainer.metrics import read_metrics
 from trainer.model import trainable_state
@@ -60,3 +63,39 @@ def test_fit_keeps_best_checkpoints_metrics_and_plot(stores, tmp_path: Path) -> 
     assert run.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run.processor / "vocab.json").is_file() and (run.adapter / "adapter_model.safetensors").is_file()
     assert json.loads(run.run_file.read_text())["config"]["finetune"]["lora_r"] == 8
+
+
+def _resume_on_the_command_line(out: Path):
+    result = CliRunner().invoke(main, ["fit", "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint(stores, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    fit(tiny_lora_config(stores.small, max_steps=4, eval_steps=2), out)
+    run = RunDir(out)
+    assert run.checkpoint_steps() == [2, 4]
+    latest = run.checkpoint(4) / "state.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # a copy cut short
+
+    result = _resume_on_the_command_line(out)
+
+    assert f"warning: {run.checkpoint(4)} is unreadable" in result.output
+    assert "resuming at step 2" in result.output
+    assert run.checkpoint_steps() == [2, 4]
+    torch.load(latest, weights_only=False)  # step 4 trained again and written whole
+    assert [r["step"] for r in read_metrics(run.metrics) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_resume_without_checkpoints_says_it_starts_from_step_zero(stores, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    fit(tiny_lora_config(stores.small, max_steps=2, eval_steps=2), out)
+    shutil.rmtree(RunDir(out).checkpoints)
+
+    result = _resume_on_the_command_line(out)
+
+    assert f"no readable checkpoint in {out}; starting from step 0" in result.output
+    assert read_run(out)[1]["steps"] == 2
+    assert [r["step"] for r in read_metrics(RunDir(out).metrics) if "loss" in r] == [1, 2]

@@ -16,7 +16,7 @@ from featstore.errors import FeatstoreError
 from featstore.ingest import dask_client, default_workers, ingest
 from featstore.layout import IngestSettings
 from featstore.reader import open_store
-from featstore.sample import KINYARWANDA_LETTERS, write_sample_corpus
+from featstore.sample import LANGUAGES, write_sample_corpus
 from featstore.sources import parse_shard_selection
 from featstore.summary import format_summary, summarize
 from featstore.verify import verify_store
@@ -221,7 +221,16 @@ def verify_command(store: str) -> None:
 @click.option("--split", default="train", help="Split name: writes OUT/<split>_tarred/.")
 @click.option("--seed", type=int, default=0)
 @click.option("--defects/--no-defects", default=True, help="Plant one clip of each defect in shard 0.")
-@click.option("--alphabet", default=KINYARWANDA_LETTERS, help="Characters the sample text uses.")
+@click.option(
+    "--language",
+    type=click.Choice(sorted(LANGUAGES)),
+    default="a",
+    help="How characters sound: a (Latin letters) or b (Greek letters, its own sound for each).",
+)
+@click.option("--alphabet", help="Characters the sample text uses, in pitch order  [default: the language's letters]")
+@click.option(
+    "--words", type=(click.IntRange(min=1), click.IntRange(min=1)), default=(2, 5), help="Words per clip: MIN MAX."
+)
 @click.option(
     "--mislabels",
     type=click.FloatRange(0, 1),
@@ -230,7 +239,16 @@ def verify_command(store: str) -> None:
 )
 @user_errors
 def sample_command(
-    out: Path, shards: int, clips: int, split: str, seed: int, defects: bool, alphabet: str, mislabels: float
+    out: Path,
+    shards: int,
+    clips: int,
+    split: str,
+    seed: int,
+    defects: bool,
+    language: str,
+    alphabet: str | None,
+    words: tuple[int, int],
+    mislabels: float,
 ) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
@@ -241,6 +259,8 @@ def sample_command(
         defects=defects,
         alphabet=alphabet,
         split=split,
+        language=language,
+        words=(min(words), max(words)),
         mislabels=mislabels,
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")

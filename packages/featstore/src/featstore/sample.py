@@ -1,7 +1,11 @@
 """Generate a small corpus in the real tarred layout, with real webm/opus audio.
 
 The audio is a "tone language": every character is a short harmonic tone of its own pitch,
-words are separated by silence. It is cheap to make, compresses like voiced audio, and a tiny
+words are separated by silence. Two languages exist (`LANGUAGES`): "a" writes Latin letters,
+lowest letter lowest pitch; "b" has its own alphabet (ten Greek letters) and its own sound-to-symbol
+mapping (pitches between a's, in the opposite order, with a hollower timbre), so a model trained
+on "a" has to adapt to transcribe "b": the setting of fine-tuning a pretrained model to a new
+language. It is cheap to make, compresses like voiced audio, and a tiny
 model can learn to transcribe it on a CPU in minutes, so the Quickstart and the tests can run
 the whole pipeline, training included, without downloading anything.
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import av
@@ -24,6 +28,7 @@ from featstore.mislabel import SIDECAR, MislabelPlanter
 
 ENCODE_RATE = 48_000
 KINYARWANDA_LETTERS = "abcdefghijkmnoprstuvwyz"
+GREEK_LETTERS = "αβγδεζηθικ"  # language b's letters: as many as the tests' language a
 MANIFEST_DIR = "sharded_manifests_with_image"
 DEFECTS = (
     "undecodable",  # random bytes in place of a webm
@@ -40,15 +45,33 @@ DEFECTS = (
 
 @dataclass(frozen=True)
 class ToneVoice:
-    """How characters sound: each character a tone at its own pitch, a semitone step apart."""
+    """How characters sound: each character a tone at its own pitch, `step_semitones` apart.
+
+    `descending`: the first letter gets the highest pitch. `harmonics`: the amplitude of
+    harmonics 1, 2, 3, ... (the timbre).
+    """
 
     alphabet: str = KINYARWANDA_LETTERS
     lowest_hz: float = 220.0
     step_semitones: float = 1.5
+    descending: bool = False
+    harmonics: tuple[float, ...] = (1.0, 1 / 2, 1 / 3)
 
     def pitch(self, char: str) -> float:
         index = self.alphabet.index(char) if char in self.alphabet else len(self.alphabet)
+        if self.descending:
+            index = len(self.alphabet) - 1 - index
         return self.lowest_hz * 2 ** (index * self.step_semitones / 12)
+
+    def with_alphabet(self, alphabet: str) -> ToneVoice:
+        return replace(self, alphabet=alphabet)
+
+
+LANGUAGES = {
+    "a": ToneVoice(),
+    # Half a step above a's pitches, in reverse order, odd harmonics only (a clarinet to a's string).
+    "b": ToneVoice(GREEK_LETTERS, lowest_hz=220.0 * 2 ** (0.75 / 12), descending=True, harmonics=(1.0, 0, 1 / 3)),
+}
 
 
 def synthesize(text: str, voice: ToneVoice, rng: np.random.Generator, rate: int = ENCODE_RATE) -> np.ndarray:
@@ -59,7 +82,7 @@ def synthesize(text: str, voice: ToneVoice, rng: np.random.Generator, rate: int 
         if w:
             pieces.append(_silence(rng.uniform(0.15, 0.25), rate))
         for char in word:
-            pieces.append(_tone(voice.pitch(char) * speaker_shift, rng.uniform(0.06, 0.10), rate))
+            pieces.append(_tone(voice.pitch(char) * speaker_shift, rng.uniform(0.06, 0.10), voice.harmonics, rate))
             pieces.append(_silence(rng.uniform(0.01, 0.02), rate))
     pieces.append(_silence(rng.uniform(0.05, 0.15), rate))
     audio = np.concatenate(pieces) * rng.uniform(0.1, 0.5)
@@ -67,10 +90,10 @@ def synthesize(text: str, voice: ToneVoice, rng: np.random.Generator, rate: int 
     return audio.astype(np.float32)
 
 
-def _tone(pitch_hz: float, seconds: float, rate: int) -> np.ndarray:
+def _tone(pitch_hz: float, seconds: float, harmonics: tuple[float, ...], rate: int) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
-    harmonics = sum(np.sin(2 * np.pi * pitch_hz * h * t) / h for h in (1, 2, 3))
-    return harmonics * np.hanning(t.size)
+    wave = sum(a * np.sin(2 * np.pi * pitch_hz * h * t) for h, a in enumerate(harmonics, start=1) if a)
+    return wave * np.hanning(t.size)
 
 
 def _silence(seconds: float, rate: int) -> np.ndarray:
@@ -113,19 +136,24 @@ def write_sample_corpus(
     clips_per_shard: int = 12,
     seed: int = 0,
     defects: bool = True,
-    alphabet: str = KINYARWANDA_LETTERS,
+    alphabet: str | None = None,
     split: str = "train",
     words: tuple[int, int] = (2, 5),
+    language: str = "a",
     mislabels: float = 0.0,
 ) -> SampleCorpus:
     """Write `out/<split>_tarred/` in the real layout: manifests plus audio_N.tar.xz shards.
 
-    With `defects`, shard 0 carries one clip of each kind in `DEFECTS` (it needs at least
-    `len(DEFECTS)` clips per shard). `mislabels` is the share of the other clips given a wrong
-    transcript. `planted.json` beside the manifests lists both.
+    `language` picks how characters sound (`LANGUAGES`); `alphabet` (default: the language's
+    letters) which characters the text uses, in pitch order. With `defects`, shard 0 carries one
+    clip of each kind in `DEFECTS` (it needs at least `len(DEFECTS)` clips per shard).
+    `mislabels` is the share of the other clips given a wrong transcript. `planted.json` beside
+    the manifests lists both.
     """
     rng = np.random.default_rng(seed)
-    voice = ToneVoice(alphabet)
+    voice = LANGUAGES[language]
+    voice = voice.with_alphabet(alphabet) if alphabet is not None else voice
+    alphabet = voice.alphabet
     split_dir = Path(out) / f"{split}_tarred"
     manifest_dir = split_dir / MANIFEST_DIR
     audio_dir = manifest_dir / "audio_shards"

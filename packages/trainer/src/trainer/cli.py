@@ -312,7 +312,7 @@ def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_j
     """WER and CER with the adapter and, for LoRA, with the adapter disabled."""
     from trainer.evaluate import evaluate_run
 
-    results = evaluate_run(run_dir, store, device, workers)
+    results = evaluate_run(run_dir, store, device, workers, warn=lambda message: click.echo(message, err=True))
     if as_json:
         click.echo(json.dumps({name: asdict(scores) for name, scores in results.items()}))
         return

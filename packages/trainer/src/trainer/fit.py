@@ -126,6 +126,7 @@ class Training:
     optimisation: Optimisation
     total_steps: int
     progress: Progress
+    parameters: tuple[int, int]  # (trainable, total)
     echo: Echo
     started: float
     losses: list[float] = field(default_factory=list)  # since the last logged step
@@ -177,7 +178,20 @@ def fit(
     progress = resume_from_checkpoint(run, model, optimisation, data.sampler, d, echo) if resume else Progress()
     trained = wrap_distributed(model, config, device, d)
     training = Training(
-        config, run, d, device, model, trained, processor, data, optimisation, total_steps, progress, echo, started
+        config,
+        run,
+        d,
+        device,
+        model,
+        trained,
+        processor,
+        data,
+        optimisation,
+        total_steps,
+        progress,
+        (trainable, total),
+        echo,
+        started,
     )
     train(training, on_step)
     final_step = finish(training)
@@ -212,7 +226,7 @@ def build_processor_and_base(
         texts = train_store.texts + (eval_store.texts if eval_store is not None else [])
         vocab = build_vocab(config.text.normalize(t) for t in texts)
         if config.base_model != TINY_RANDOM:
-            base = load_base(config.base_model, len(vocab), vocab[PAD], **masking_config(config.augment))
+            base = load_base(config.base_model, vocab, **masking_config(config.augment))
         if d.is_main:
             reset_run_dir(run.path)
             build_processor(vocab, run.processor).save_pretrained(str(run.processor))
@@ -449,8 +463,16 @@ def finish(t: Training) -> int:
         else:
             t.model.save_pretrained(str(t.run.model))  # type: ignore[operator]
             t.processor.save_pretrained(str(t.run.model))
-        best = best_evaluation(t.progress)
-        write_run_file(t.run, t.config, status="finished", steps=t.progress.step, final_step=final_step, best=best)
+        trainable, total = t.parameters
+        write_run_file(
+            t.run,
+            t.config,
+            status="finished",
+            steps=t.progress.step,
+            final_step=final_step,
+            best=best_evaluation(t.progress),
+            trainable_parameters={"trainable": trainable, "total": total, "fraction": trainable / total},
+        )
         plot_metrics(read_metrics(t.run.metrics), t.run.plot)
     t.dist.barrier()
     return final_step

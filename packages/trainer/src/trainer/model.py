@@ -9,6 +9,7 @@ Quickstart use it.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2Config, Wav2V
 
 from trainer.config import TINY_RANDOM, FinetuneOptions
 from trainer.errors import TrainerError
+from trainer.vocab import PAD
 
 
 def tiny_config(vocab_size: int, pad_token_id: int) -> Wav2Vec2Config:
@@ -57,14 +59,38 @@ def build_tiny_random(vocab_size: int, pad_token_id: int, seed: int, **config: A
     return Wav2Vec2ForCTC(settings)
 
 
-def load_base(name: str, vocab_size: int, pad_token_id: int, **config: Any) -> PreTrainedModel:
-    """A CTC model from a hub id or local directory, its CTC head sized to our vocabulary.
-
-    `config` overrides values of the model's own config (SpecAugment masking, for one).
+def load_base(name: str, vocab: dict[str, int], **config: Any) -> PreTrainedModel:
+    """A CTC model from a hub id or local directory, with a CTC head for our vocabulary.
 
     A pretraining checkpoint (like xlsr-53) has no head, and a fine-tuned one has a head for
-    another vocabulary: either way the head is new, hence `ignore_mismatched_sizes`.
+    its own vocabulary: the head is new unless the base directory's vocab.json is ours. A head
+    of the same size for other letters would otherwise be kept, and start out wrong. `config`
+    overrides values of the model's own config (SpecAugment masking, for one).
     """
+    model = _load_pretrained(name, len(vocab), vocab[PAD], **config)
+    if _saved_vocab(name) != vocab:
+        fresh_head(model)
+    return model
+
+
+def _saved_vocab(name: str) -> dict[str, int] | None:
+    vocab_file = Path(name).expanduser() / "vocab.json"
+    if not vocab_file.is_file():
+        return None
+    loaded: dict[str, int] = json.loads(vocab_file.read_text(encoding="utf-8"))
+    return loaded
+
+
+def fresh_head(model: PreTrainedModel) -> None:
+    """Re-initialise the CTC head as transformers does, from a fixed seed (the same head every load)."""
+    generator = torch.Generator().manual_seed(0)
+    head: torch.nn.Linear = model.lm_head
+    with torch.no_grad():
+        head.weight.normal_(0.0, model.config.initializer_range, generator=generator)
+        head.bias.zero_()
+
+
+def _load_pretrained(name: str, vocab_size: int, pad_token_id: int, **config: Any) -> PreTrainedModel:
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise TrainerError(
             f"base model directory {name} does not exist (give a hub id, a model directory, or {TINY_RANDOM!r})"

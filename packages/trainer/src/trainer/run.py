@@ -148,8 +148,7 @@ def load_base_for_run(run: RunDir, config: RunConfig, processor: Wav2Vec2Process
     """The base model a run started from: saved tiny-random weights or the named base."""
     if config.base_model == TINY_RANDOM:
         return Wav2Vec2ForCTC.from_pretrained(str(run.base.resolve()))
-    tokenizer = processor.tokenizer
-    return load_base(config.base_model, len(tokenizer), tokenizer.pad_token_id, **masking_config(config.augment))
+    return load_base(config.base_model, processor.tokenizer.get_vocab(), **masking_config(config.augment))
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[torch.nn.Module, Wav2Vec2Processor, RunConfig]:

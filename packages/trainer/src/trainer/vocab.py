@@ -58,6 +58,21 @@ def build_processor(vocab: dict[str, int], directory: Path) -> Wav2Vec2Processor
     return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
 
 
+def unseen_characters(processor: Wav2Vec2Processor, texts: Iterable[str]) -> tuple[list[str], float]:
+    """Characters of normalized `texts` outside the vocabulary, and their share of all characters.
+
+    A model cannot write a character it has no token for: each one is an error it cannot avoid.
+    """
+    vocab = processor.tokenizer.get_vocab()
+    counts: dict[str, int] = {}
+    for text in texts:
+        for char in text.replace(" ", ""):
+            counts[char] = counts.get(char, 0) + 1
+    unseen = sorted(c for c in counts if c not in vocab)
+    total = sum(counts.values())
+    return unseen, (sum(counts[c] for c in unseen) / total if total else 0.0)
+
+
 def load_processor(directory: Path) -> Wav2Vec2Processor:
     return Wav2Vec2Processor.from_pretrained(str(directory))
 
