@@ -15,7 +15,7 @@ from featstore import open_store
 from featstore.ingest import ingest
 from featstore.sample import write_sample_corpus
 from trainer.cli import main
-from trainer.config import BatchOptions, FinetuneOptions, RunConfig, TextOptions
+from trainer.config import BatchOptions, TextOptions
 from trainer.data import StoreDataset, make_loader, training_sampler
 from trainer.exclude import resolve_exclusion
 from trainer.fit import fit
@@ -26,7 +26,7 @@ from trainer.vocab import build_processor, build_vocab
 from helpers import tiny_lora_config
 
 ALPHABET = "abcdefghij"  # the letters of the session's stores (conftest.py)
-LEARNED_STEPS = 400  # the learning test's steps: tiny-random leaves the blank plateau after ~300 (test_learning.py)
+BASE = Path(__file__).parents[2] / "models" / "tone-a"  # tiny-random trained on this language (scripts/make_base)
 
 
 def invoke(*args: str | Path):
@@ -139,34 +139,20 @@ def test_bad_exclusions_and_augmentations_are_one_line_errors(stores, scored: Pa
 
 @pytest.mark.slow
 def test_score_ranks_planted_mislabels_above_clean_clips_once_the_model_has_learned(stores, tmp_path: Path) -> None:
-    """A model that has learned the tone language (the learning test's settings, on the clean
-    training store) scores a store where 10% of the transcripts are wrong."""
+    """A model that knows the tone language (our base, models/tone-a, after two LoRA steps on
+    the clean training store) scores a store where 10% of the transcripts are wrong."""
     corpus = write_sample_corpus(
         tmp_path, shards=1, clips_per_shard=40, seed=9, defects=False, alphabet=ALPHABET, words=(1, 3), mislabels=0.1
     )
     suspects = tmp_path / "suspects.zarr"
     ingest(corpus.split_dir, suspects, workers=1, dashboard_address="127.0.0.1:0", show_progress=False, echo=print)
-    config = RunConfig(
-        store=str(stores.train),
-        base_model="tiny-random",
-        finetune=FinetuneOptions(method="full", train_feature_encoder=True),
-        batch=BatchOptions(batch_size=16),
-        grad_accum=1,
-        learning_rate=1e-3,
-        warmup_ratio=0.05,
-        schedule="constant",
-        max_steps=LEARNED_STEPS,
-        eval_steps=LEARNED_STEPS,
-        logging_steps=50,
-        gradient_checkpointing=False,
-        device="cpu",
-    )
+    config = tiny_lora_config(stores.train, base_model=str(BASE), learning_rate=1e-4, max_steps=2, eval_steps=2)
     fit(config, tmp_path / "run")
     score_store(tmp_path / "run", suspects, tmp_path / "scores.csv", "cpu")
     rows = read_scores(tmp_path / "scores.csv")
     planted = [rank for rank, row in enumerate(rows) if row["audio_filepath"] in corpus.mislabels]
     clean_cer = [float(row["cer"]) for row in rows if row["audio_filepath"] not in corpus.mislabels]
     print(f"\nplanted ranks {planted} of {len(rows)}; clean median CER {np.median(clean_cer):.3f}")
-    assert len(planted) == len(corpus.mislabels) == 4
-    assert np.median(clean_cer) <= 0.2  # the model has learned
-    assert max(planted) < len(planted) + 2  # every planted clip among the worst few
+    assert len(planted) >= 3  # of the 4 planted, those ingest kept (it rejects clips under its minimum duration)
+    assert np.median(clean_cer) <= 0.1  # the model knows the language
+    assert planted == list(range(len(planted)))  # every planted clip ranks above every clean one
