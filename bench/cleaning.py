@@ -63,12 +63,15 @@ def make_store(
     return store, corpus.mislabels
 
 
-def fit(store: Path, dev: Path, out: Path, steps: int, *extra: Any) -> float:
-    """Train from scratch; return the seconds it took."""
+def fit(store: Path, dev: Path, out: Path, steps: int, *extra: Any, base: str = "tiny-random") -> float:
+    """Train every weight of `base` (from scratch by default); return the seconds it took.
+
+    `extra` options come last, so they override the ones here (click keeps an option's last value).
+    """
     started = time.monotonic()
     run(
         command("trainer"), "fit", "--store", store, "--eval-store", dev, "--out", out, "--overwrite",
-        "--base-model", "tiny-random", "--finetune", "full", "--train-feature-encoder",
+        "--base-model", base, "--finetune", "full", "--train-feature-encoder",
         "--batch-size", 16, "--grad-accum", 1, "--lr", "1e-3", "--warmup-ratio", 0.05, "--schedule", "constant",
         "--max-steps", steps, "--eval-steps", steps, "--logging-steps", 25,
         "--no-gradient-checkpointing", "--device", "cpu", *extra,
