@@ -106,6 +106,7 @@ def main() -> None:
         rows = list(csv.DictReader(f))
     top = rows[: round(args.top * len(rows))]
     found = [r["audio_filepath"] for r in top if r["audio_filepath"] in planted]
+    stored = [r["audio_filepath"] for r in rows if r["audio_filepath"] in planted]  # ingest rejects the shortest
     excluded = [r["audio_filepath"] for r in rows if float(r["cer"]) > args.cer_above]
 
     cleaned = args.work / "run-cleaned"
@@ -113,10 +114,11 @@ def main() -> None:
     result = {
         "utterances": len(rows),
         "planted": len(planted),
+        "planted_in_store": len(stored),
         "planted_kinds": sorted(set(planted.values())),
         "top_share": args.top,
         "top_rows": len(top),
-        "recall_in_top": len(found) / len(planted),
+        "recall_in_top": len(found) / len(stored),
         "planted_ranks": sorted(i for i, r in enumerate(rows) if r["audio_filepath"] in planted),
         "cer_above": args.cer_above,
         "excluded": len(excluded),
