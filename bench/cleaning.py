@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--top", type=float, default=0.05, help="share of the table searched for planted clips")
     parser.add_argument("--cer-above", type=float, default=0.5, help="retrain without clips whose CER is above")
+    parser.add_argument("--base", default="tiny-random", help="what both fits start from, e.g. models/tone-a")
+    parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +101,7 @@ def main() -> None:
     train, planted = make_store(args.work, "train", args.shards, args.clips, seed=11, mislabels=args.mislabels)
     dev, _ = make_store(args.work, "dev", 1, 60, seed=12, mislabels=0.0)
     everything = args.work / "run-everything"
-    seconds_everything = fit(train, dev, everything, args.steps)
+    seconds_everything = fit(train, dev, everything, args.steps, "--lr", args.lr, base=args.base)
     scores = args.work / "scores.csv"
     run(command("trainer"), "score", "--store", train, "--run", everything, "--out", scores)
     with scores.open(encoding="utf-8", newline="") as f:
@@ -110,7 +112,8 @@ def main() -> None:
     excluded = [r["audio_filepath"] for r in rows if float(r["cer"]) > args.cer_above]
 
     cleaned = args.work / "run-cleaned"
-    seconds_cleaned = fit(train, dev, cleaned, args.steps, "--exclude-cer-above", args.cer_above, "--scores", scores)
+    exclude = ["--exclude-cer-above", args.cer_above, "--scores", scores]
+    seconds_cleaned = fit(train, dev, cleaned, args.steps, "--lr", args.lr, *exclude, base=args.base)
     result = {
         "utterances": len(rows),
         "planted": len(planted),
@@ -124,6 +127,8 @@ def main() -> None:
         "excluded": len(excluded),
         "excluded_planted": sum(name in planted for name in excluded),
         "steps": args.steps,
+        "base": args.base,
+        "lr": args.lr,
         "held_out_everything": held_out(everything, dev),
         "held_out_cleaned": held_out(cleaned, dev),
         "fit_seconds": [round(seconds_everything, 1), round(seconds_cleaned, 1)],
