@@ -9,7 +9,7 @@
    this language), every weight at lr 3e-4, without augmentation, and with `--augment-speeds
    0.9,1.0,1.1 --augment-noise-store <train noise> --augment-snr-db 5 20 --augment-gain-db -6 6`,
    the same steps and settings otherwise; both evaluated on the clean and the perturbed split.
-   (From tiny-random, 500 steps are needed just to leave the blank plateau on this machine.)
+   (From tiny-random, before its head's blank bias, 500 steps went to leaving the blank plateau.)
 
     OMP_NUM_THREADS=1 python bench/augmentation.py --work /tmp/augmentation --json bench/out/augmentation.json
 """

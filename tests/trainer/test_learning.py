@@ -1,8 +1,8 @@
-"""The proof that it learns: `trainer fit` teaches tiny-random the tone language on a CPU.
+"""The proof that it learns from scratch: `trainer fit` teaches tiny-random the tone language on a CPU.
 
 Full fine-tuning with the convolutional front end trainable: a frozen *random* front end is
-the limit LoRA cannot get past (CER plateaus near 0.5), so LoRA is tested for correctness in
-test_model.py instead.
+the limit LoRA cannot get past, so LoRA is shown learning on our pretrained base instead
+(test_lora.py).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from trainer.run import RunDir
 from trainer.stores import open_checked
 from trainer.vocab import load_processor
 
-STEPS = 400
+STEPS = 150  # the blank-biased head leaves the CTC plateau after ~40 steps (400 were needed without it)
 
 
 def _cer_of_untrained_model(run: RunDir, dev: Path) -> float:

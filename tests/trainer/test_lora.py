@@ -16,7 +16,10 @@ from click.testing import CliRunner
 
 from trainer.cli import main
 from trainer.evaluate import evaluate_run
+from trainer.fit import fit
 from trainer.run import read_run
+
+from helpers import tiny_lora_config
 
 BASE = Path(__file__).parents[2] / "models" / "tone-a"
 LORA_STEPS = "80"
@@ -51,3 +54,10 @@ def test_lora_adapts_our_base_to_a_new_language(stores, tmp_path: Path, record_p
     assert adapted["adapter"].cer <= 0.15
     assert adapted["adapter"].cer < adapted["base"].cer
     assert adapted["adapter"].cer < from_random.cer
+
+
+def test_lora_on_a_base_with_another_vocabulary_size_saves_and_reloads(stores, tmp_path: Path) -> None:
+    # `unseen` has 5 letters, the base's head 13 outputs: the head is new and sized for the run.
+    fit(tiny_lora_config(stores.unseen, base_model=str(BASE), max_steps=2), tmp_path / "run")
+    scores = evaluate_run(tmp_path / "run", stores.unseen, "cpu")
+    assert scores["adapter"].utterances == scores["base"].utterances == 4

@@ -459,7 +459,9 @@ def finish(t: Training) -> int:
             state = torch.load(t.run.checkpoint(final_step) / "state.pt", map_location=t.device, weights_only=False)
             t.model.load_state_dict(state["model"], strict=False)
         if t.config.finetune.method == "lora":
-            t.model.save_pretrained(str(t.run.adapter))  # type: ignore[operator]
+            # peft takes a head sized for another vocabulary than the base's for resized input
+            # embeddings, which wav2vec2 does not have; the head is saved as a module_to_save.
+            t.model.save_pretrained(str(t.run.adapter), save_embedding_layers=False)  # type: ignore[operator]
         else:
             t.model.save_pretrained(str(t.run.model))  # type: ignore[operator]
             t.processor.save_pretrained(str(t.run.model))
