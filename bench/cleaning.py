@@ -7,7 +7,8 @@ training without them help?
 2. `trainer fit` on everything for `--steps` (full fine-tuning of tiny-random, the settings
    that learn fast on a CPU, as in tests/trainer/test_learning.py), then `trainer score` on the training store.
    Recall: the share of planted clips among the worst `--top` share of the table.
-3. `trainer fit --exclude-cer-above T --scores scores.csv` for the same steps, from scratch.
+3. `trainer fit --exclude worst.txt` (the worst `--top` rows of the table; `--select cer`:
+   `--exclude-cer-above T --scores scores.csv` instead) for the same steps, from the same start.
    Both runs evaluated on the held-out store (`trainer evaluate`).
 
     OMP_NUM_THREADS=1 python bench/cleaning.py --work /tmp/cleaning --json bench/out/cleaning.json
@@ -91,7 +92,8 @@ def main() -> None:
     parser.add_argument("--mislabels", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--top", type=float, default=0.05, help="share of the table searched for planted clips")
-    parser.add_argument("--cer-above", type=float, default=0.5, help="retrain without clips whose CER is above")
+    parser.add_argument("--select", choices=["top", "cer"], default="top", help="what the retrain leaves out")
+    parser.add_argument("--cer-above", type=float, default=0.5, help="with --select cer: the CER threshold")
     parser.add_argument("--base", default="tiny-random", help="what both fits start from, e.g. models/tone-a")
     parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--json")
@@ -109,10 +111,15 @@ def main() -> None:
     top = rows[: round(args.top * len(rows))]
     found = [r["audio_filepath"] for r in top if r["audio_filepath"] in planted]
     stored = [r["audio_filepath"] for r in rows if r["audio_filepath"] in planted]  # ingest rejects the shortest
-    excluded = [r["audio_filepath"] for r in rows if float(r["cer"]) > args.cer_above]
+    if args.select == "top":  # the table's worst rows, as an --exclude list
+        excluded = [r["audio_filepath"] for r in top]
+        (args.work / "worst.txt").write_text("".join(name + "\n" for name in excluded), encoding="utf-8")
+        exclude = ["--exclude", args.work / "worst.txt"]
+    else:
+        excluded = [r["audio_filepath"] for r in rows if float(r["cer"]) > args.cer_above]
+        exclude = ["--exclude-cer-above", args.cer_above, "--scores", scores]
 
     cleaned = args.work / "run-cleaned"
-    exclude = ["--exclude-cer-above", args.cer_above, "--scores", scores]
     seconds_cleaned = fit(train, dev, cleaned, args.steps, "--lr", args.lr, *exclude, base=args.base)
     result = {
         "utterances": len(rows),
@@ -123,7 +130,7 @@ def main() -> None:
         "top_rows": len(top),
         "recall_in_top": len(found) / len(stored),
         "planted_ranks": sorted(i for i, r in enumerate(rows) if r["audio_filepath"] in planted),
-        "cer_above": args.cer_above,
+        "select": args.select if args.select == "top" else f"cer > {args.cer_above}",
         "excluded": len(excluded),
         "excluded_planted": sum(name in planted for name in excluded),
         "steps": args.steps,
