@@ -8,6 +8,8 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
   each compact int16 batch turned into float32 audio + mask + labels by
   `trainer.data.model_inputs(batch, "cpu")` inside the timed loop, so both paths deliver the
   same model-ready tensors in the main process (`ours-w0`: the same with no worker);
+- ours-augmented: ours with every waveform augmentation on (speed 0.9/1.0/1.1 with the
+  speed-aware sampler, noise from `--noise-store` at 10-30 dB SNR, gain -6..6 dB), in the worker;
 - notebook: the same utterances (store.audio(i), already normalized float32, and the same label
   ids) written with `datasets.Dataset.from_dict({"input_values": ..., "labels": ...})`
   (list<float32> / list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
@@ -169,14 +171,26 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     processor = processor_for(store, Path(args.work) / "processor")
     extra: dict[str, Any] = {}
     rss_before = tree_rss()
-    if args.child in ("ours", "ours-w0"):
+    if args.child in ("ours", "ours-w0", "ours-augmented"):
         from trainer.config import TextOptions
         from trainer.data import StoreDataset, make_loader, model_inputs
 
         t_dataset = time.perf_counter()
-        dataset = StoreDataset(args.store, processor, TextOptions())
+        augmenter = None
+        if args.child == "ours-augmented":
+            from trainer.augment import Augmenter, AugmentOptions
+            from trainer.config import BatchOptions
+            from trainer.data import training_sampler
+
+            options = AugmentOptions((0.9, 1.0, 1.1), args.noise_store or args.store, 1.0, (10.0, 30.0), (-6.0, 6.0))
+            augmenter = Augmenter(options, seed=0, count=len(store), sample_rate=store.sample_rate)
+            indices = np.arange(len(store))
+            batch_options = BatchOptions(max_batch_seconds=args.seconds, batch_size=None)
+            sampler = training_sampler(store, batch_options, indices, augmenter, seed=0)
+            n_batches = len(sampler)
+        dataset = StoreDataset(args.store, processor, TextOptions(), augmenter=augmenter)
         extra["dataset_init_s"] = time.perf_counter() - t_dataset  # opens the store, encodes every label
-        loader = make_loader(dataset, sampler, workers=1 if args.child == "ours" else 0)
+        loader = make_loader(dataset, sampler, workers=0 if args.child == "ours-w0" else 1)
         extra["batches_per_epoch"] = n_batches
 
         def ready(batch: Any) -> tuple[dict[str, Any], int]:
@@ -293,6 +307,7 @@ def main() -> None:
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--paths", nargs="+", default=["ours", "notebook"])
     parser.add_argument("--repeat", type=int, default=1, help="run the paths this many times, interleaved")
+    parser.add_argument("--noise-store", help="noise for ours-augmented (default: the store itself)")
     parser.add_argument("--json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -304,7 +319,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     prep: dict[str, Any] = {}
-    if args.rebuild or not (work / "arrow" / "dataset_info.json").exists():
+    if "notebook" in args.paths and (args.rebuild or not (work / "arrow" / "dataset_info.json").exists()):
         prep = build_arrow(args.store, work / "arrow", work / "processor")
         print("arrow prep", json.dumps(prep), flush=True)
     results = []
@@ -321,6 +336,7 @@ def main() -> None:
             str(args.train),
             "--child",
             path,
+            *(["--noise-store", args.noise_store] if args.noise_store else []),
         ]
         if args.infer_lengths:
             command.append("--infer-lengths")
@@ -348,6 +364,11 @@ def main() -> None:
         summary["speedup"] = statistics.median(throughput["ours"]) / statistics.median(throughput["notebook"])
         ratios = ", ".join(f"{r:.1f}x" for r in summary["speedups"])
         print(f"speedup ours/notebook: {summary['speedup']:.1f}x (medians; per repetition {ratios})", flush=True)
+    if "ours" in throughput and "ours-augmented" in throughput:
+        pairs = zip(throughput["ours-augmented"], throughput["ours"], strict=False)
+        summary["augmented_ratios"] = [a / o for a, o in pairs]
+        ratios = ", ".join(f"{r:.2f}" for r in summary["augmented_ratios"])
+        print(f"augmented/plain throughput: {ratios} (per repetition)", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
 

@@ -343,6 +343,12 @@ def verify_command(store: str) -> None:
 @click.option(
     "--words", type=(click.IntRange(min=1), click.IntRange(min=1)), default=(2, 5), help="Words per clip: MIN MAX."
 )
+@click.option(
+    "--mislabels",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Share of clips given a wrong transcript (another clip's, or cut in half); listed in planted.json.",
+)
 @user_errors
 def sample_command(
     out: Path,
@@ -354,6 +360,7 @@ def sample_command(
     language: str,
     alphabet: str | None,
     words: tuple[int, int],
+    mislabels: float,
 ) -> None:
     """Write a small corpus in the real tarred layout (webm/opus tone-language audio)."""
     corpus = write_sample_corpus(
@@ -366,6 +373,7 @@ def sample_command(
         split=split,
         language=language,
         words=(min(words), max(words)),
+        mislabels=mislabels,
     )
     click.echo(f"wrote {corpus.clips} clips in {corpus.shards} shards to {corpus.split_dir}")
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from featstore.mislabel import SIDECAR, MislabelPlanter
+
 ENCODE_RATE = 48_000
 KINYARWANDA_LETTERS = "abcdefghijkmnoprstuvwyz"
 GREEK_LETTERS = "αβγδεζηθικ"  # language b's letters: as many as the tests' language a
@@ -125,6 +127,7 @@ class SampleCorpus:
     shards: int
     clips: int
     defects: dict[str, str]  # defect -> audio_filepath (or manifest line) that carries it
+    mislabels: dict[str, str]  # audio_filepath -> how its transcript is wrong (see featstore.mislabel)
 
 
 def write_sample_corpus(
@@ -137,12 +140,15 @@ def write_sample_corpus(
     split: str = "train",
     words: tuple[int, int] = (2, 5),
     language: str = "a",
+    mislabels: float = 0.0,
 ) -> SampleCorpus:
     """Write `out/<split>_tarred/` in the real layout: manifests plus audio_N.tar.xz shards.
 
     `language` picks how characters sound (`LANGUAGES`); `alphabet` (default: the language's
     letters) which characters the text uses, in pitch order. With `defects`, shard 0 carries one
     clip of each kind in `DEFECTS` (it needs at least `len(DEFECTS)` clips per shard).
+    `mislabels` is the share of the other clips given a wrong transcript. `planted.json` beside
+    the manifests lists both.
     """
     rng = np.random.default_rng(seed)
     voice = LANGUAGES[language]
@@ -153,6 +159,7 @@ def write_sample_corpus(
     audio_dir = manifest_dir / "audio_shards"
     audio_dir.mkdir(parents=True, exist_ok=True)
     planted: dict[str, str] = {}
+    planter = MislabelPlanter(shards * clips_per_shard, mislabels, seed, first=len(DEFECTS) if defects else 1)
     for shard in range(shards):
         plant = list(DEFECTS) if defects and shard == 0 else []
         lines, members = [], []
@@ -162,6 +169,7 @@ def write_sample_corpus(
             record = _record(name, text, shard, clip, rng)
             data = encode_webm_opus(synthesize(text, voice, rng))
             record["duration"] = round(_duration(text, data), 3)
+            record = planter.relabel(shard * clips_per_shard + clip, record)
             defect = plant.pop(0) if plant else None
             data, record, include_member, include_record = _apply_defect(defect, data, record, rng)
             if defect:
@@ -174,7 +182,9 @@ def write_sample_corpus(
                 lines.append('{"audio_filepath": "broken.webm", "text": ')
         (manifest_dir / f"manifest_{shard}.json").write_text("\n".join(lines) + "\n", encoding="utf-8")
         _write_tar_xz(audio_dir / f"audio_{shard}.tar.xz", members)
-    return SampleCorpus(split_dir=split_dir, shards=shards, clips=shards * clips_per_shard, defects=planted)
+    sidecar = {"defects": planted, "mislabels": planter.planted}
+    (split_dir / SIDECAR).write_text(json.dumps(sidecar, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return SampleCorpus(split_dir, shards, shards * clips_per_shard, planted, planter.planted)
 
 
 def _duration(text: str, data: bytes) -> float:

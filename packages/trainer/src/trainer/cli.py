@@ -13,8 +13,10 @@ from typing import Any, TypeVar, get_args
 import click
 
 from featstore import FeatstoreError
+from trainer.augment import AugmentOptions
 from trainer.config import DEFAULT_BASE, BatchOptions, Device, FinetuneOptions, Method, RunConfig, Schedule, TextOptions
 from trainer.errors import TrainerError
+from trainer.exclude import Exclusion, resolve_exclusion
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = RunConfig(store="")
@@ -61,6 +63,92 @@ def batch_size_options(command: F) -> F:
         "--max-batch-seconds",
         type=click.FloatRange(min=0, min_open=True),
         help="Fill batches up to this much padded audio (replaces --batch-size).",
+    )(command)
+
+
+def augment_options(command: F) -> F:
+    """--augment-* and the SpecAugment masking options: what fit does to training audio."""
+    options = [
+        click.option(
+            "--augment-speeds",
+            default="",
+            help="Comma-separated speed factors, one drawn per utterance and epoch, e.g. 0.9,1.0,1.1 "
+            "(resampled with soxr; batches are cut by the changed durations). Empty: no speed change.",
+        ),
+        click.option(
+            "--augment-noise-store", type=PATH, help="A featstore store (e.g. MUSAN ingested) whose clips are mixed in."
+        ),
+        click.option(
+            "--augment-noise-prob",
+            type=click.FloatRange(0, 1),
+            default=DEFAULTS.augment.noise_prob,
+            help="Share of utterances that get noise.",
+        ),
+        click.option(
+            "--augment-snr-db",
+            type=(float, float),
+            default=DEFAULTS.augment.snr_db,
+            help="Noise SNR range in dB (MIN MAX), drawn per utterance.",
+        ),
+        click.option(
+            "--augment-gain-db",
+            type=(float, float),
+            default=DEFAULTS.augment.gain_db,
+            help="Gain range in dB (MIN MAX), drawn per utterance.",
+        ),
+        click.option(
+            "--mask-time-prob",
+            type=click.FloatRange(0, 1),
+            help="SpecAugment: share of time steps the model masks in training [default: the base model's].",
+        ),
+        click.option(
+            "--mask-feature-prob",
+            type=click.FloatRange(0, 1),
+            help="SpecAugment: share of feature channels the model masks in training [default: the base model's].",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def parse_augment(
+    speeds: str,
+    noise_store: Path | None,
+    noise_prob: float,
+    snr_db: tuple[float, float],
+    gain_db: tuple[float, float],
+    mask_time_prob: float | None,
+    mask_feature_prob: float | None,
+) -> AugmentOptions:
+    try:
+        factors = tuple(float(f) for f in speeds.split(",") if f.strip())
+    except ValueError:
+        raise TrainerError(f"--augment-speeds {speeds!r}: give numbers separated by commas, e.g. 0.9,1.0,1.1") from None
+    if any(not 0.5 <= f <= 2.0 for f in factors):
+        raise TrainerError(f"--augment-speeds {speeds!r}: each factor must be between 0.5 and 2")
+    for name, (low, high) in (("--augment-snr-db", snr_db), ("--augment-gain-db", gain_db)):
+        if low > high:
+            raise TrainerError(f"{name} {low} {high}: the minimum is above the maximum")
+    store = str(noise_store) if noise_store is not None else None
+    return AugmentOptions(factors, store, noise_prob, snr_db, gain_db, mask_time_prob, mask_feature_prob)
+
+
+def exclusion_options(command: F) -> F:
+    """--exclude, or --exclude-cer-above with --scores: utterances fit leaves out."""
+    command = click.option("--scores", type=PATH, help="A trainer score table of --store, for --exclude-cer-above.")(
+        command
+    )
+    command = click.option(
+        "--exclude-cer-above",
+        type=click.FloatRange(min=0),
+        help="Leave out utterances whose CER in --scores is above this.",
+    )(command)
+    return click.option(
+        "--exclude",
+        "exclude_list",
+        type=PATH,
+        help="File of store indices or audio_filepaths (one a line) to leave out of training.",
     )(command)
 
 
@@ -142,6 +230,8 @@ def main() -> None:
     "--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, with its saved settings."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
+@augment_options
+@exclusion_options
 @user_errors
 def fit_command(
     store: Path | None,
@@ -159,6 +249,16 @@ def fit_command(
     batch_size: int,
     resume: bool,
     overwrite: bool,
+    augment_speeds: str,
+    augment_noise_store: Path | None,
+    augment_noise_prob: float,
+    augment_snr_db: tuple[float, float],
+    augment_gain_db: tuple[float, float],
+    mask_time_prob: float | None,
+    mask_feature_prob: float | None,
+    exclude_list: Path | None,
+    exclude_cer_above: float | None,
+    scores: Path | None,
     **training: Any,
 ) -> None:
     """Train a run directory: processor, adapter (or model), checkpoints, metrics."""
@@ -166,6 +266,17 @@ def fit_command(
 
     if store is None and not resume:
         raise TrainerError("--store is required (unless continuing a run with --resume)")
+    augment = parse_augment(
+        augment_speeds,
+        augment_noise_store,
+        augment_noise_prob,
+        augment_snr_db,
+        augment_gain_db,
+        mask_time_prob,
+        mask_feature_prob,
+    )
+    # A resumed run keeps the exclusion its run.json recorded.
+    exclusion = Exclusion() if resume else resolve_exclusion(store, exclude_list, exclude_cer_above, scores)
     targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
     config = RunConfig(
         store=str(store or ""),
@@ -174,6 +285,8 @@ def fit_command(
         finetune=FinetuneOptions(finetune, lora_r, lora_alpha, lora_dropout, targets, train_feature_encoder),
         text=TextOptions(strip_punctuation),
         batch=batch_options(max_batch_seconds, batch_size),
+        augment=augment,
+        exclusion=exclusion,
         **training,
     )
     result = fit(config, out, resume=resume, overwrite=overwrite)
@@ -220,6 +333,21 @@ def transcribe_command(store: Path, run_dir: Path, out: Path, device: str, worke
 
     rows = transcribe_store(run_dir, store, out, device, workers)
     click.echo(f"wrote {rows} transcripts to {out}")
+
+
+@main.command("score")
+@click.option("--store", required=True, type=PATH, help="Store with transcripts.")
+@click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
+@click.option("--out", required=True, type=PATH, help="CSV to write, worst utterance first.")
+@click.option("--device", type=DEVICES, default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=0)
+@user_errors
+def score_command(store: Path, run_dir: Path, out: Path, device: str, workers: int) -> None:
+    """Score every utterance (CTC loss per character, greedy CER/WER), worst first, to find mislabels."""
+    from trainer.score import score_store
+
+    rows = score_store(run_dir, store, out, device, workers)
+    click.echo(f"wrote {rows} scores to {out}, worst first")
 
 
 @main.command("export")

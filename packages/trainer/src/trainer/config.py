@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from featstore.sampler import DurationBucketSampler, for_store
+from trainer.augment import AugmentOptions
+from trainer.exclude import Exclusion
 
 if TYPE_CHECKING:
     from featstore import FeatStore
@@ -52,9 +54,13 @@ class BatchOptions:
 
     def sampler(self, store: FeatStore, **options: Any) -> DurationBucketSampler:
         """featstore's length-grouped sampler over `store` with these settings."""
+        return for_store(store, **self.sizing(), **options)
+
+    def sizing(self) -> dict[str, Any]:
+        """The sampler's keyword for the batch size: `max_batch_seconds` or `batch_size`."""
         if self.max_batch_seconds is not None:
-            return for_store(store, max_batch_seconds=self.max_batch_seconds, **options)
-        return for_store(store, batch_size=self.batch_size, **options)
+            return {"max_batch_seconds": self.max_batch_seconds}
+        return {"batch_size": self.batch_size}
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class RunConfig:
     gradient_checkpointing: bool = True
     mixed_precision: bool = True
     device: Device = "auto"
+    augment: AugmentOptions = field(default_factory=AugmentOptions)  # training audio only; never in evaluation
+    exclusion: Exclusion = field(default_factory=Exclusion)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,5 +116,8 @@ class RunConfig:
                 "finetune": FinetuneOptions(**finetune),
                 "text": TextOptions(**data["text"]),
                 "batch": BatchOptions(**data["batch"]),
+                # Runs written before augmentation and exclusion existed had neither.
+                "augment": AugmentOptions.from_json(data["augment"]) if "augment" in data else AugmentOptions(),
+                "exclusion": Exclusion.from_json(data["exclusion"]) if "exclusion" in data else Exclusion(),
             }
         )

@@ -24,7 +24,8 @@ from transformers import Wav2Vec2Processor
 
 from featstore import FeatStore, open_store
 from featstore.sampler import DurationBucketSampler
-from trainer.config import TextOptions
+from trainer.augment import Augmenter, SpeedAwareSampler, SpeedChangedDurations
+from trainer.config import BatchOptions, TextOptions
 from trainer.stores import open_checked
 from trainer.vocab import encode_texts
 
@@ -42,26 +43,46 @@ class Item:
 
 
 class StoreDataset(Dataset[Item]):
-    """Utterance `i` of the store at `path` as an `Item`.
+    """The store's utterances `indices[0], indices[1], ...` (all of them by default) as `Item`s.
 
     Label ids are encoded once here, for every utterance, rather than per item every epoch.
+    With an `augmenter`, items carry that epoch's augmented audio (`set_epoch`); their `index`
+    is always the store's.
     """
 
-    def __init__(self, path: str | Path, processor: Wav2Vec2Processor, text: TextOptions) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        processor: Wav2Vec2Processor,
+        text: TextOptions,
+        indices: np.ndarray | None = None,
+        augmenter: Augmenter | None = None,
+    ) -> None:
         self.path = path  # a local path or URL: what each worker process reopens
         store = open_checked(path)
-        self._length = len(store)
+        self.indices = np.arange(len(store)) if indices is None else np.asarray(indices, dtype=np.int64)
         self._labels, self._label_offsets = encode_texts(processor, [text.normalize(t) for t in store.texts])
         self._store: FeatStore | None = store
         self._pid = os.getpid()
+        self.augmenter = augmenter
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation items get. Set it before iterating a DataLoader: its
+        workers (not persistent) take their copy of the dataset when the iteration starts."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        return self._length
+        return int(self.indices.size)
 
-    def __getitem__(self, i: int) -> Item:
+    def __getitem__(self, position: int) -> Item:
+        i = int(self.indices[position])
         store = self.store
         labels = self._labels[self._label_offsets[i] : self._label_offsets[i + 1]]
-        return Item(i, store.raw_audio(i), float(store.scales[i]), labels)
+        samples, scale = store.raw_audio(i), float(store.scales[i])
+        if self.augmenter is not None:
+            samples, scale = self.augmenter(i, samples, scale, self.epoch)
+        return Item(i, samples, scale, labels)
 
     @property
     def store(self) -> FeatStore:
@@ -122,6 +143,28 @@ def model_inputs(batch: Batch, device: torch.device | str, labels: bool = True) 
     if labels:
         inputs["labels"] = torch.from_numpy(batch.labels).to(device)
     return inputs
+
+
+def training_sampler(
+    store: FeatStore, batch: BatchOptions, indices: np.ndarray, augmenter: Augmenter | None, **options: Any
+) -> DurationBucketSampler:
+    """featstore's length-grouped sampler over the store's utterances `indices` (what a
+    `StoreDataset` with those indices holds): it yields positions into `indices`.
+
+    Under speed perturbation it cuts each epoch's batches by that epoch's changed durations.
+    """
+    layout = {
+        "buckets": store.buckets[indices],
+        "positions": store.offsets[indices],
+        "groups": store.shard_codes[indices],
+        "sample_rate": store.sample_rate,
+        **batch.sizing(),
+        **options,
+    }
+    if augmenter is not None and augmenter.options.changes_speed:
+        durations = SpeedChangedDurations(augmenter, store.lengths[indices], indices)
+        return SpeedAwareSampler(store.durations[indices], epoch_durations=durations, **layout)
+    return DurationBucketSampler(store.durations[indices], **layout)
 
 
 def make_loader(dataset: StoreDataset, sampler: DurationBucketSampler, workers: int) -> DataLoader[Item]:

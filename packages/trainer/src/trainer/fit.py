@@ -39,8 +39,9 @@ from transformers import PreTrainedModel, Wav2Vec2Processor, get_scheduler
 
 from featstore import FeatStore
 from featstore.sampler import DurationBucketSampler
+from trainer.augment import Augmenter, masking_config
 from trainer.config import TINY_RANDOM, RunConfig
-from trainer.data import Batch, Item, StoreDataset, make_loader, model_inputs
+from trainer.data import Batch, Item, StoreDataset, make_loader, model_inputs, training_sampler
 from trainer.errors import TrainerError
 from trainer.inference import pick_device, score, transcribe_batches
 from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate_metrics
@@ -95,6 +96,7 @@ class Progress:
 class Data:
     """The training batches (the sampler knows the epoch and what was trained) and the eval batches."""
 
+    dataset: StoreDataset  # knows the epoch whose augmentation its items get
     sampler: DurationBucketSampler
     loader: DataLoader[Item]
     eval_loader: DataLoader[Item] | None
@@ -164,6 +166,7 @@ def fit(
     seed_everything(config.seed)
     train_store = open_checked(config.store, need_text=True)
     eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
+    check_data_options(config, train_store)
     processor, base = build_processor_and_base(config, run, d, train_store, eval_store, resume)
     model, device = build_model(base, config, d)
     trainable, total = count_parameters(model)
@@ -223,12 +226,13 @@ def build_processor_and_base(
         texts = train_store.texts + (eval_store.texts if eval_store is not None else [])
         vocab = build_vocab(config.text.normalize(t) for t in texts)
         if config.base_model != TINY_RANDOM:
-            base = load_base(config.base_model, vocab)
+            base = load_base(config.base_model, vocab, **masking_config(config.augment))
         if d.is_main:
             reset_run_dir(run.path)
             build_processor(vocab, run.processor).save_pretrained(str(run.processor))
             if config.base_model == TINY_RANDOM:
-                build_tiny_random(len(vocab), vocab[PAD], config.seed).save_pretrained(str(run.base))
+                tiny = build_tiny_random(len(vocab), vocab[PAD], config.seed, **masking_config(config.augment))
+                tiny.save_pretrained(str(run.base))
             write_run_file(run, config, status="training")
         d.barrier()
     processor = load_processor(run.processor)
@@ -249,6 +253,14 @@ def build_model(base: PreTrainedModel, config: RunConfig, d: Distributed) -> tup
     return model, device
 
 
+def check_data_options(config: RunConfig, train_store: FeatStore) -> None:
+    """Fail on the exclusion and noise store before anything is written to the run directory."""
+    if len(config.exclusion.indices) >= len(train_store):
+        raise TrainerError(f"{config.store}: every utterance is excluded; nothing is left to train on")
+    if config.augment.noise_store is not None:
+        open_checked(config.augment.noise_store)
+
+
 def build_data(
     config: RunConfig,
     processor: Wav2Vec2Processor,
@@ -257,13 +269,31 @@ def build_data(
     eval_store: FeatStore | None,
 ) -> Data:
     """This rank's length-grouped training batches; eval batches on the main process only."""
-    dataset = StoreDataset(config.store, processor, config.text)
-    sampler = config.batch.sampler(train_store, seed=config.seed, shuffle=True, rank=d.rank, world_size=d.world_size)
+    indices = config.exclusion.kept(len(train_store))
+    augmenter = build_augmenter(config, train_store)
+    dataset = StoreDataset(config.store, processor, config.text, indices, augmenter)
+    sampler = training_sampler(
+        train_store,
+        config.batch,
+        indices,
+        augmenter,
+        seed=config.seed,
+        shuffle=True,
+        rank=d.rank,
+        world_size=d.world_size,
+    )
     eval_loader = None
     if config.eval_store and eval_store is not None and d.is_main:
         eval_dataset = StoreDataset(config.eval_store, processor, config.text)
         eval_loader = make_loader(eval_dataset, config.batch.sampler(eval_store, shuffle=False), config.workers)
-    return Data(sampler, make_loader(dataset, sampler, config.workers), eval_loader)
+    return Data(dataset, sampler, make_loader(dataset, sampler, config.workers), eval_loader)
+
+
+def build_augmenter(config: RunConfig, train_store: FeatStore) -> Augmenter | None:
+    """What the DataLoader workers do to training audio, or None when they leave it as stored."""
+    if not config.augment.changes_audio:
+        return None
+    return Augmenter(config.augment, config.seed, len(train_store), train_store.sample_rate)
 
 
 def build_optimisation(
@@ -348,6 +378,7 @@ def train_epoch(t: Training, bar: tqdm[Any], on_step: Callable[[int], None] | No
     """
     sampler = t.data.sampler
     epoch_batches, micro = len(sampler), 0
+    t.data.dataset.set_epoch(sampler.epoch)  # before the loader starts its workers with a copy
     for batch in t.data.loader:
         micro += 1
         boundary = micro == t.config.grad_accum or sampler.batches_trained + micro == epoch_batches

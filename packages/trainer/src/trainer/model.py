@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -57,22 +58,26 @@ def tiny_config(vocab_size: int, pad_token_id: int) -> Wav2Vec2Config:
 BLANK_BIAS = 5.0
 
 
-def build_tiny_random(vocab_size: int, pad_token_id: int, seed: int) -> Wav2Vec2ForCTC:
+def build_tiny_random(vocab_size: int, pad_token_id: int, seed: int, **config: Any) -> Wav2Vec2ForCTC:
+    """`config` overrides `tiny_config`'s values (SpecAugment masking, for one)."""
     torch.manual_seed(seed)
-    model = Wav2Vec2ForCTC(tiny_config(vocab_size, pad_token_id))
+    settings = tiny_config(vocab_size, pad_token_id)
+    settings.update(config)
+    model = Wav2Vec2ForCTC(settings)
     with torch.no_grad():
         model.lm_head.bias[pad_token_id] = BLANK_BIAS
     return model
 
 
-def load_base(name: str, vocab: dict[str, int]) -> PreTrainedModel:
+def load_base(name: str, vocab: dict[str, int], **config: Any) -> PreTrainedModel:
     """A CTC model from a hub id or local directory, with a CTC head for our vocabulary.
 
     A pretraining checkpoint (like xlsr-53) has no head, and a fine-tuned one has a head for
     its own vocabulary: the head is new unless the base directory's vocab.json is ours. A head
-    of the same size for other letters would otherwise be kept, and start out wrong.
+    of the same size for other letters would otherwise be kept, and start out wrong. `config`
+    overrides values of the model's own config (SpecAugment masking, for one).
     """
-    model = _load_pretrained(name, len(vocab), vocab[PAD])
+    model = _load_pretrained(name, len(vocab), vocab[PAD], **config)
     if _saved_vocab(name) != vocab:
         fresh_head(model)
     return model
@@ -96,7 +101,7 @@ def fresh_head(model: PreTrainedModel) -> None:
         head.bias[model.config.pad_token_id] = BLANK_BIAS
 
 
-def _load_pretrained(name: str, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
+def _load_pretrained(name: str, vocab_size: int, pad_token_id: int, **config: Any) -> PreTrainedModel:
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().is_dir():
         raise TrainerError(
             f"base model directory {name} does not exist (give a hub id, a model directory, or {TINY_RANDOM!r})"
@@ -109,6 +114,7 @@ def _load_pretrained(name: str, vocab_size: int, pad_token_id: int) -> PreTraine
             ctc_loss_reduction="mean",
             ctc_zero_infinity=True,
             ignore_mismatched_sizes=True,
+            **config,
         )
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

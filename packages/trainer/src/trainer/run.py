@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from trainer.augment import masking_config
 from trainer.config import TINY_RANDOM, RunConfig
 from trainer.errors import TrainerError
 from trainer.model import load_adapter, load_base
@@ -147,7 +148,7 @@ def load_base_for_run(run: RunDir, config: RunConfig, processor: Wav2Vec2Process
     """The base model a run started from: saved tiny-random weights or the named base."""
     if config.base_model == TINY_RANDOM:
         return Wav2Vec2ForCTC.from_pretrained(str(run.base.resolve()))
-    return load_base(config.base_model, processor.tokenizer.get_vocab())
+    return load_base(config.base_model, processor.tokenizer.get_vocab(), **masking_config(config.augment))
 
 
 def load_trained(path: Path, device: torch.device) -> tuple[torch.nn.Module, Wav2Vec2Processor, RunConfig]:
