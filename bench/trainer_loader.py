@@ -161,7 +161,13 @@ def build_arrow(store_path: str, arrow_dir: Path, proc_dir: Path) -> dict[str, A
     ds.save_to_disk(str(arrow_dir))
     t2 = time.perf_counter()
     size = sum(f.stat().st_size for f in arrow_dir.rglob("*") if f.is_file())
-    return {"encode_labels_s": t1 - t0, "read_store_generate_save_s": t2 - t1, "arrow_bytes": size}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the first thing main does
+    return {
+        "encode_labels_s": t1 - t0,
+        "read_store_generate_save_s": t2 - t1,
+        "arrow_bytes": size,
+        "peak_rss_mb": peak_mb,
+    }
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
