@@ -8,6 +8,8 @@
    descriptor travels) and unpickled again.
 3. One epoch with one worker, the main process profiled: waiting for the worker, rebuilding the
    shared tensors, `model_inputs`.
+4. With `--shar DIR` (the Shar cut set `bench/trainer_loader.py` wrote under its --work), the
+   Lhotse path's epoch with no worker, split by `LHOTSE_PARTS`.
 
     OMP_NUM_THREADS=1 python bench/loader_profile.py STORE.zarr --seconds 100 --json profile.json
 """
@@ -34,6 +36,16 @@ PARTS = {
     "model_inputs": ("trainer/data.py", "model_inputs"),
     "waiting for the worker (queue get)": ("torch/utils/data/dataloader.py", "_try_get_data"),
     "rebuild shared tensors (unpickle)": ("torch/multiprocessing/reductions.py", "rebuild_storage_fd"),
+}
+
+
+LHOTSE_PARTS = {
+    "sampler (Shar tar + jsonl reading, bucketing)": ("lhotse/dataset/sampling/base.py", "__next__"),
+    "K2SpeechRecognitionDataset.__getitem__": ("lhotse/dataset/speech_recognition.py", "__getitem__"),
+    "FLAC decode (soundfile _cdata_io)": ("site-packages/soundfile.py", "_cdata_io"),
+    "collate_audio (decode + pad)": ("lhotse/dataset/collation.py", "collate_audio"),
+    "NormalizeRows (input transform)": ("lhotse_path.py", "__call__"),
+    "model_inputs (mask, labels)": ("lhotse_path.py", "model_inputs"),
 }
 
 
@@ -68,11 +80,35 @@ def profiled_epoch(loader: Any) -> tuple[float, float, pstats.Stats]:
     return wall, audio / 16_000, pstats.Stats(profile, stream=io.StringIO())
 
 
-def parts(stats: pstats.Stats) -> dict[str, float]:
-    """Cumulative seconds of each of `PARTS` (0 when not called)."""
-    found = dict.fromkeys(PARTS, 0.0)
+def lhotse_epoch(shar_dir: str, store: Any, seconds: float) -> dict[str, float]:
+    """The Lhotse path's epoch with no worker, profiled, split by `LHOTSE_PARTS`."""
+    from lhotse_path import make_lhotse_loader, model_inputs
+    from trainer_loader import processor_for
+
+    from trainer.config import TextOptions
+    from trainer.vocab import encode_labels
+
+    processor = processor_for(store, Path(tempfile.mkdtemp(prefix="loader-profile-")))
+    text = TextOptions()
+    labels_by_text = {t: list(encode_labels(processor, text.normalize(t))) for t in set(store.texts)}
+    loader = make_lhotse_loader(Path(shar_dir), seconds, 0)
+    profile = cProfile.Profile()
+    audio = 0
+    t0 = time.perf_counter()
+    profile.enable()
+    for batch in loader:
+        audio += model_inputs(batch, labels_by_text)[1]
+    profile.disable()
+    wall = time.perf_counter() - t0
+    split = parts(pstats.Stats(profile, stream=io.StringIO()), LHOTSE_PARTS)
+    return {"wall_s": wall, "audio_s_per_s": audio / 16_000 / wall, **split}
+
+
+def parts(stats: pstats.Stats, named: dict[str, tuple[str, str]] = PARTS) -> dict[str, float]:
+    """Cumulative seconds of each of `named` (0 when not called)."""
+    found = dict.fromkeys(named, 0.0)
     for (filename, _line, function), (_cc, _nc, _tt, cumulative, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        for part, (suffix, name) in PARTS.items():
+        for part, (suffix, name) in named.items():
             if function == name and filename.endswith(suffix):
                 found[part] += cumulative
     return found
@@ -98,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("store")
     parser.add_argument("--seconds", type=float, default=100)
+    parser.add_argument("--shar", help="also profile the Lhotse path over this Shar cut set")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -117,9 +154,12 @@ def main() -> None:
         for part, seconds in split.items():
             if seconds:
                 print(f"  {part:40s} {seconds:6.3f} s  {seconds / wall:6.1%}", flush=True)
-    loader, _ = build(args.store, args.seconds, 0)
+    loader, store = build(args.store, args.seconds, 0)
     result["hand_off"] = hand_off_seconds(loader)
     print("hand-off, the whole epoch:", json.dumps(result["hand_off"]), flush=True)
+    if args.shar:
+        result["lhotse_workers_0"] = lhotse_epoch(args.shar, store, args.seconds)
+        print("lhotse, workers=0:", json.dumps(result["lhotse_workers_0"]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, allow_nan=False))
 
