@@ -10,8 +10,9 @@ an input transform in the worker normalizes each row to zero mean and unit varia
 notebook's feature extractor and featstore's ingest do, so all paths deliver the same audio.
 
 The map-style form is used (sampler in the main process,
-`DataLoader(dataset, sampler=sampler, batch_size=None)`), as in Lhotse's Shar tutorial, so the
-sampler runs where ours and the notebook's do.
+`DataLoader(dataset, sampler=sampler, batch_size=None)`), as `K2SpeechRecognitionDataset`'s
+docstring says, so the sampler runs where ours and the notebook's do. Lhotse's other form,
+`IterableDatasetWrapper` (a sampler in each worker), is not measured.
 
 Lhotse is used by this benchmark only; neither package depends on it.
 """

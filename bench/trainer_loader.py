@@ -11,14 +11,18 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
 - ours-augmented: ours with every waveform augmentation on (speed 0.9/1.0/1.1 with the
   speed-aware sampler, noise from `--noise-store` at 10-30 dB SNR, gain -6..6 dB), in the worker;
 - notebook: the same utterances (store.audio(i), already normalized float32, and the same label
-  ids) written with `datasets.Dataset.from_dict({"input_values": ..., "labels": ...})`
-  (list<float32> / list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
+  ids) written in pieces of 16 rows with `datasets.Dataset.from_generator` (list<float32> /
+  list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
   `load_from_disk` (no format set, like `Trainer`), batched by transformers' `LengthGroupedSampler`
   (batch size chosen so batches per epoch match ours) and padded by the notebook's
   `DataCollatorCTCWithPadding` (feature_extractor.pad + tokenizer.pad, labels masked to -100).
   Its lengths are given to the sampler precomputed; the `Trainer` would instead infer them by
   reading every row of the dataset (`len(row["input_values"])`): that one-off cost is timed
-  separately (`--infer-lengths`), not counted in the epoch.
+  separately (`--infer-lengths`), not counted in the epoch;
+- lhotse: the peer, a Lhotse Shar cut set of the same utterances + `DynamicBucketingSampler` +
+  `K2SpeechRecognitionDataset` (`bench/lhotse_path.py`).
+
+`PATH-wN` runs a path with N DataLoader workers (`ours-w0`, `ours-w2`, `lhotse-w2`, ...).
 
 Peak RSS is the sum over the child process and its DataLoader worker, sampled every 20 ms;
 "flat" compares the tree RSS over the last quarter of the epoch's batches with the first quarter.
