@@ -11,14 +11,18 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
 - ours-augmented: ours with every waveform augmentation on (speed 0.9/1.0/1.1 with the
   speed-aware sampler, noise from `--noise-store` at 10-30 dB SNR, gain -6..6 dB), in the worker;
 - notebook: the same utterances (store.audio(i), already normalized float32, and the same label
-  ids) written with `datasets.Dataset.from_dict({"input_values": ..., "labels": ...})`
-  (list<float32> / list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
+  ids) written in pieces of 16 rows with `datasets.Dataset.from_generator` (list<float32> /
+  list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
   `load_from_disk` (no format set, like `Trainer`), batched by transformers' `LengthGroupedSampler`
   (batch size chosen so batches per epoch match ours) and padded by the notebook's
   `DataCollatorCTCWithPadding` (feature_extractor.pad + tokenizer.pad, labels masked to -100).
   Its lengths are given to the sampler precomputed; the `Trainer` would instead infer them by
   reading every row of the dataset (`len(row["input_values"])`): that one-off cost is timed
-  separately (`--infer-lengths`), not counted in the epoch.
+  separately (`--infer-lengths`), not counted in the epoch;
+- lhotse: the peer, a Lhotse Shar cut set of the same utterances + `DynamicBucketingSampler` +
+  `K2SpeechRecognitionDataset` (`bench/lhotse_path.py`).
+
+`PATH-wN` runs a path with N DataLoader workers (`ours-w0`, `ours-w2`, `lhotse-w2`, ...).
 
 Peak RSS is the sum over the child process and its DataLoader worker, sampled every 20 ms;
 "flat" compares the tree RSS over the last quarter of the epoch's batches with the first quarter.
@@ -136,24 +140,39 @@ def build_arrow(store_path: str, arrow_dir: Path, proc_dir: Path) -> dict[str, A
     from trainer.config import TextOptions
     from trainer.vocab import encode_labels
 
+    datasets.disable_progress_bars()
     store = featstore.open_store(store_path)
     processor = processor_for(store, proc_dir)
     text = TextOptions()
     t0 = time.perf_counter()
-    audio = [store.audio(i) for i in range(len(store))]
     labels = [encode_labels(processor, text.normalize(store.texts[i])) for i in range(len(store))]
     t1 = time.perf_counter()
+
+    def rows() -> Any:
+        for i in range(len(store)):
+            yield {"input_values": store.audio(i), "labels": labels[i]}
+
     features = datasets.Features(
         {
             "input_values": datasets.Sequence(datasets.Value("float32")),
             "labels": datasets.Sequence(datasets.Value("int64")),
         }
     )
-    ds = datasets.Dataset.from_dict({"input_values": audio, "labels": labels}, features=features)
+    # Written in pieces of 16 rows: from_dict over Python lists of every sample reached 21 GB at 7 h;
+    # datasets turns each piece into Python floats (~32 B a sample), so the piece bounds the memory.
+    ds = datasets.Dataset.from_generator(
+        rows, features=features, cache_dir=str(arrow_dir.parent / "arrow-cache"), writer_batch_size=16
+    )
     ds.save_to_disk(str(arrow_dir))
     t2 = time.perf_counter()
     size = sum(f.stat().st_size for f in arrow_dir.rglob("*") if f.is_file())
-    return {"read_store_s": t1 - t0, "from_dict_save_s": t2 - t1, "arrow_bytes": size}
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the first thing main does
+    return {
+        "encode_labels_s": t1 - t0,
+        "read_store_generate_save_s": t2 - t1,
+        "arrow_bytes": size,
+        "peak_rss_mb": peak_mb,
+    }
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -171,7 +190,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     processor = processor_for(store, Path(args.work) / "processor")
     extra: dict[str, Any] = {}
     rss_before = tree_rss()
-    if args.child in ("ours", "ours-w0", "ours-augmented"):
+    # "PATH-wN": PATH with N DataLoader workers (default 1)
+    path, _, workers = args.child.partition("-w")
+    workers_count = int(workers) if workers else 1
+    if path in ("ours", "ours-augmented"):
         from trainer.config import TextOptions
         from trainer.data import StoreDataset, make_loader, model_inputs
 
@@ -190,11 +212,24 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             n_batches = len(sampler)
         dataset = StoreDataset(args.store, processor, TextOptions(), augmenter=augmenter)
         extra["dataset_init_s"] = time.perf_counter() - t_dataset  # opens the store, encodes every label
-        loader = make_loader(dataset, sampler, workers=0 if args.child == "ours-w0" else 1)
+        loader = make_loader(dataset, sampler, workers=workers_count)
         extra["batches_per_epoch"] = n_batches
 
         def ready(batch: Any) -> tuple[dict[str, Any], int]:
             return model_inputs(batch, "cpu"), int(batch.lengths.sum())  # the mask is made from these lengths
+    elif path == "lhotse":
+        from lhotse_path import make_lhotse_loader
+        from lhotse_path import model_inputs as lhotse_inputs
+
+        from trainer.config import TextOptions
+        from trainer.vocab import encode_labels
+
+        text = TextOptions()
+        labels_by_text = {t: list(encode_labels(processor, text.normalize(t))) for t in set(store.texts)}
+        loader = make_lhotse_loader(Path(args.work) / "shar", args.seconds, workers_count)
+
+        def ready(batch: Any) -> tuple[dict[str, Any], int]:
+            return lhotse_inputs(batch, labels_by_text)
     else:
         import datasets
         from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -209,7 +244,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             extra["inferred_lengths_match_durations"] = inferred == lengths
         lg = LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(0))
         loader = DataLoader(
-            ds, batch_size=batch_size, sampler=lg, collate_fn=DataCollatorCTCWithPadding(processor), num_workers=1
+            ds,
+            batch_size=batch_size,
+            sampler=lg,
+            collate_fn=DataCollatorCTCWithPadding(processor),
+            num_workers=workers_count,
         )
         extra["batch_size"] = batch_size
         extra["batches_per_epoch"] = (len(store) + batch_size - 1) // batch_size
@@ -227,6 +266,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
     audio_s = 0.0
+    padded_samples = 0
     batches = 0
     rss_per_batch: list[int] = []
     wait: list[float] = []
@@ -241,6 +281,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             wait.append(now - last)
             batches += 1
             audio_s += samples / SR
+            padded_samples += batch["input_values"].numel()
             rss_per_batch.append(mon.latest)
             if model is not None and batches <= args.train:
                 s0 = time.perf_counter()
@@ -268,6 +309,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "audio_s": audio_s,
         "wall_s": wall,
         "audio_s_per_s": audio_s / wall,
+        "padding_fraction": 1 - audio_s * SR / padded_samples,
+        "workers": workers_count,
         "loader_s_per_batch": wall / batches,
         "cpu_main_s": cpu_main,  # includes the RSS monitor thread
         "cpu_workers_s": cpu_workers,
@@ -319,9 +362,16 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     prep: dict[str, Any] = {}
-    if "notebook" in args.paths and (args.rebuild or not (work / "arrow" / "dataset_info.json").exists()):
+    if any(p.startswith("notebook") for p in args.paths) and (
+        args.rebuild or not (work / "arrow" / "dataset_info.json").exists()
+    ):
         prep = build_arrow(args.store, work / "arrow", work / "processor")
         print("arrow prep", json.dumps(prep), flush=True)
+    if any(p.startswith("lhotse") for p in args.paths) and (args.rebuild or not (work / "shar").exists()):
+        from lhotse_path import build_shar
+
+        prep["shar"] = build_shar(args.store, work / "shar")
+        print("shar prep", json.dumps(prep["shar"]), flush=True)
     results = []
     for path in [path for _ in range(args.repeat) for path in args.paths]:
         command = [
