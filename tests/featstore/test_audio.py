@@ -89,6 +89,23 @@ def test_quantization_keeps_snr_above_60_db() -> None:
     assert snr_db(normalized, dequantize(clip.samples, clip.scale)) >= 60
 
 
+@pytest.mark.parametrize("level_dbfs", [-6, -30, -60, -84, -100])
+def test_quantization_keeps_snr_above_60_db_at_every_level(level_dbfs: int) -> None:
+    """Near-silence is normalized to a deviation well under 1 (the 1e-7 epsilon): it keeps its fidelity."""
+    rng = np.random.default_rng(2)
+    tones = synthesize("quiet words", ToneVoice("quietwrds"), rng)
+    quiet = (tones / np.sqrt(np.mean(tones**2)) * 10 ** (level_dbfs / 20)).astype(np.float32)
+    normalized = normalize(quiet)
+    clip = quantize(normalized)
+    assert snr_db(normalized, dequantize(clip.samples, clip.scale)) >= 60
+
+
+def test_silence_quantizes_to_zeros() -> None:
+    clip = quantize(normalize(np.zeros(1600, dtype=np.float32)))
+    assert not clip.samples.any() and clip.scale > 0
+    assert quantize(np.zeros(0, dtype=np.float32)).samples.size == 0
+
+
 def test_quantization_coarsens_for_extreme_peaks_instead_of_overflowing() -> None:
     spiky = np.zeros(16_000, dtype=np.float32)
     spiky[100] = 120.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from pathlib import Path
@@ -19,10 +21,19 @@ import numpy as np
 import pytest
 
 from featstore import FeatstoreError, open_store
+from featstore.audio import decode_clip, normalize, snr_db
 from featstore.ingest import IngestSummary
-from featstore.inspection import _READERS, SILENCE_TOP_DB, Inspection, _trim_bounds, inspect_store
+from featstore.inspection import (
+    _READERS,
+    SILENCE_TOP_DB,
+    Inspection,
+    _trim_bounds,
+    format_inspection,
+    inspect_store,
+    inspection_summary,
+)
 from featstore.reader import FeatStore
-from featstore.sample import SampleCorpus
+from featstore.sample import SampleCorpus, encode_webm_opus
 
 from conftest import quiet_ingest
 from test_cli import featstore
@@ -113,6 +124,33 @@ def test_a_mislabelled_clip_is_a_speaking_rate_outlier(corpus: SampleCorpus, tmp
     worst = inspection.outliers[0]  # listed most extreme first
     assert worst["audio_filepath"] == records[4]["audio_filepath"]
     assert worst["z"] > 2 * max([abs(o["z"]) for o in inspection.outliers[1:]] + [0])
+
+
+def test_a_near_silent_clip_is_listed_and_keeps_its_fidelity(corpus: SampleCorpus, tmp_path: Path) -> None:
+    """A clip at -84 dBFS: listed by inspect, stored at >= 60 dB SNR against an independent decode."""
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus.split_dir, copy)
+    shard = next(copy.rglob("audio_1.tar.xz"))
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]  # type: ignore[union-attr]
+    name, data = members[3]
+    audio = decode_clip(data)
+    quiet = encode_webm_opus(audio / np.sqrt(np.mean(audio**2)) * 10 ** (-84 / 20), rate=16_000)
+    members[3] = (name, quiet)
+    with tarfile.open(shard, "w:xz") as tar:
+        for member, content in members:
+            info = tarfile.TarInfo(member)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    quiet_ingest(copy, tmp_path / "s.zarr", shard_selection={1}, workers=1)
+    store = open_store(tmp_path / "s.zarr")
+    with dask.config.set(scheduler="threads"):
+        summary = inspection_summary(inspect_store(store))
+    listed = summary["quiet_utterances"]
+    assert [q["audio_filepath"] for q in listed] == [Path(name).name] and listed[0]["level_db"] < -80
+    assert any("1 utterances below -60 dBFS" in line for line in format_inspection(summary))
+    index = listed[0]["index"]
+    assert snr_db(normalize(decode_clip(quiet)), store.audio(index)) >= 60
 
 
 def chromium() -> str:

@@ -268,6 +268,13 @@ def info_command(store: str, as_json: bool) -> None:
     help="Where the local cluster serves its dashboard (:0 picks a free port).",
 )
 @click.option("--keep-dashboard", is_flag=True, help="Keep the cluster and its dashboard up until Ctrl-C.")
+@click.option(
+    "--quiet-below",
+    type=click.FloatRange(max=0),
+    default=-60.0,
+    show_default=True,
+    help="List utterances recorded below this level (dBFS) as near-silent.",
+)
 @user_errors
 def inspect_command(
     store: str,
@@ -279,6 +286,7 @@ def inspect_command(
     scheduler: str | None,
     dashboard_address: str,
     keep_dashboard: bool,
+    quiet_below: float,
 ) -> None:
     """Measure every utterance with dask.array: durations, levels, peaks, silences, speaking rate."""
     from featstore.inspection import format_inspection, inspect_store, inspection_summary  # dask.array: slow import
@@ -293,7 +301,7 @@ def inspect_command(
         opened = open_store(store)
         with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
             click.echo(f"Dask dashboard: {client.dashboard_link}", err=as_json)
-            inspection = inspect_store(opened)
+            inspection = inspect_store(opened, quiet_db=quiet_below)
             summary = inspection_summary(inspection)
             if report or plots:
                 from featstore.report import write_html, write_plots  # matplotlib: ~1 s to import, only when asked for

@@ -34,6 +34,9 @@ SILENCE_FRAME = 400  # samples per RMS frame (25 ms)
 SILENCE_HOP = 160  # samples between frames (10 ms)
 # An utterance whose speaking rate is this many robust standard deviations from the median is listed.
 OUTLIER_Z = 3.5
+# Below this source level (dBFS, measured before normalization) a clip is near-silence: usually a
+# dead microphone or a wrong gain, whatever its transcript says.
+QUIET_DB = -60.0
 TARGET_BLOCK_SAMPLES = 2**22  # ~4 min of audio per task: few tasks, each a sequential read of one shard
 # Storage order needs only the chunks under the current utterance; the default cache is for random access.
 WORKER_CACHE_BYTES = 8 * 2**20
@@ -49,6 +52,8 @@ class Inspection:
     trail_silence: np.ndarray  # seconds
     speaking_rate: np.ndarray  # characters (no spaces) per second of speech between the silences
     outliers: list[dict[str, Any]]
+    quiet: list[dict[str, Any]]  # utterances below `quiet_db`, quietest first
+    quiet_db: float
 
     def per_shard(self) -> dict[str, dict[str, float]]:
         counts = np.bincount(self.store.shard_codes, minlength=len(self.store.shard_names))
@@ -67,7 +72,7 @@ class Inspection:
         return dict(Counter(r["reason"] for r in self.store.rejects).most_common())
 
 
-def inspect_store(store: FeatStore) -> Inspection:
+def inspect_store(store: FeatStore, quiet_db: float = QUIET_DB) -> Inspection:
     """Measure every utterance with dask (uses the active Dask client, if any)."""
     stats = np.zeros((len(store), len(STATS)), dtype=np.float64)
     if len(store):
@@ -76,7 +81,16 @@ def inspect_store(store: FeatStore) -> Inspection:
     voiced = np.maximum(store.durations - stats[:, 1] - stats[:, 2], 0.1)
     letters = np.array([len(text.replace(" ", "")) for text in store.texts], dtype=np.float64)
     rate = letters / voiced
-    return Inspection(store, stats[:, 0], stats[:, 1], stats[:, 2], rate, _rate_outliers(store, rate))
+    return Inspection(
+        store,
+        stats[:, 0],
+        stats[:, 1],
+        stats[:, 2],
+        rate,
+        _rate_outliers(store, rate),
+        _quiet_utterances(store, quiet_db),
+        quiet_db,
+    )
 
 
 def _measure_in_storage_order(store: FeatStore) -> tuple[np.ndarray, da.Array]:
@@ -195,6 +209,21 @@ def _rate_outliers(store: FeatStore, rate: np.ndarray) -> list[dict[str, Any]]:
     ]
 
 
+def _quiet_utterances(store: FeatStore, quiet_db: float) -> list[dict[str, Any]]:
+    """Utterances recorded below `quiet_db` dBFS (from the index: no audio is read)."""
+    quiet = np.flatnonzero(store.levels_db < quiet_db)
+    return [
+        {
+            "index": int(i),
+            "audio_filepath": store.record(int(i)).get("audio_filepath", ""),
+            "text": store.texts[i],
+            "seconds": round(float(store.durations[i]), 2),
+            "level_db": round(float(store.levels_db[i]), 1),
+        }
+        for i in quiet[np.argsort(store.levels_db[quiet], kind="stable")]
+    ]
+
+
 def inspection_summary(inspection: Inspection) -> dict[str, Any]:
     """JSON-ready findings."""
     store = inspection.store
@@ -211,6 +240,8 @@ def inspection_summary(inspection: Inspection) -> dict[str, Any]:
         "trail_silence_seconds": _describe(inspection.trail_silence),
         "speaking_rate": _describe(inspection.speaking_rate),
         "speaking_rate_outliers": inspection.outliers,
+        "quiet_db": inspection.quiet_db,
+        "quiet_utterances": inspection.quiet,
         "characters": inspection.characters(),
         "rejects": inspection.rejects(),
     }
@@ -255,5 +286,9 @@ def format_inspection(summary: dict[str, Any]) -> list[str]:
             f"  {outlier['audio_filepath']}  {outlier['chars_per_second']} chars/s (z {outlier['z']})  "
             f"{outlier['text'][:60]!r}"
         )
+    quiet = summary["quiet_utterances"]
+    lines.append(f"quiet          {len(quiet)} utterances below {summary['quiet_db']:g} dBFS (near-silence)")
+    for utterance in quiet[:10]:
+        lines.append(f"  {utterance['audio_filepath']}  {utterance['level_db']} dBFS  {utterance['text'][:60]!r}")
     lines.append("rejects        " + (", ".join(f"{k} {v}" for k, v in summary["rejects"].items()) or "none"))
     return lines

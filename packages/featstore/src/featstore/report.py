@@ -54,6 +54,8 @@ def write_html(inspection: Inspection, path: Path) -> Path:
         [o["audio_filepath"], o["text"], o["seconds"], o["chars_per_second"], o["z"]]
         for o in summary["speaking_rate_outliers"]
     ]
+    quiet_rows = [[q["audio_filepath"], q["text"], q["seconds"], q["level_db"]] for q in summary["quiet_utterances"]]
+    quiet = _table(["audio_filepath", "text", "seconds", "level dBFS"], quiet_rows) or "none"
     characters = [[repr(c) if c.isspace() else c, n] for c, n in summary["characters"].items()]
     rejects = [[reason, count] for reason, count in summary["rejects"].items()]
     body = f"""<!doctype html>
@@ -65,6 +67,7 @@ def write_html(inspection: Inspection, path: Path) -> Path:
 <h2>Shards</h2>{_table(["shard", "utterances", "hours"], shards)}
 <h2>Measurements</h2>{_table(["measure", "min", "p5", "median", "p95", "max"], _measure_rows(summary))}
 <h2>Speaking-rate outliers</h2>{_table(["audio_filepath", "text", "seconds", "chars/s", "z"], outliers) or "none"}
+<h2>Near-silent utterances (below {summary["quiet_db"]:g} dBFS)</h2>{quiet}
 <h2 id="characters">Characters</h2>{_table(["character", "count"], characters)}
 <h2>Rejects</h2>{_table(["reason", "count"], rejects) or "none"}
 <script>window.addEventListener("load", () => {{
