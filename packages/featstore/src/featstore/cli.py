@@ -28,7 +28,7 @@ from featstore.reader import open_store
 from featstore.repair import repair_store
 from featstore.sample import LANGUAGES, write_sample_corpus
 from featstore.sources import parse_shard_selection
-from featstore.storage import locate
+from featstore.storage import finite, locate
 from featstore.summary import format_summary, summarize
 from featstore.verify import verify_store
 
@@ -247,7 +247,7 @@ def info_command(store: str, as_json: bool) -> None:
     """Summarize a store: utterances, hours, shards, rejects, characters."""
     summary = summarize(open_store(store))
     if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+        click.echo(json.dumps(finite(summary), ensure_ascii=False, indent=2, allow_nan=False))
     else:
         for line in format_summary(summary):
             click.echo(line)
@@ -311,7 +311,7 @@ def inspect_command(
                 if plots:
                     click.echo(f"plots: {', '.join(str(p) for p in write_plots(inspection, plots))}", err=as_json)
             if as_json:
-                click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
+                click.echo(json.dumps(finite(summary), ensure_ascii=False, indent=2, allow_nan=False))
             else:
                 for line in format_inspection(summary):
                     click.echo(line)

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from featstore.inspection import Inspection, inspection_summary  # noqa: E402
-from featstore.storage import locate  # noqa: E402
+from featstore.storage import finite, locate  # noqa: E402
 
 PLOTS = ("durations", "shards", "speaking_rate", "levels")
 _STYLE = (
@@ -58,6 +58,7 @@ def write_html(inspection: Inspection, path: Path) -> Path:
     quiet = _table(["audio_filepath", "text", "seconds", "level dBFS"], quiet_rows) or "none"
     characters = [[repr(c) if c.isspace() else c, n] for c, n in summary["characters"].items()]
     rejects = [[reason, count] for reason, count in summary["rejects"].items()]
+    summary_json = json.dumps(finite(summary), ensure_ascii=False, allow_nan=False)
     body = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>featstore inspect: {html.escape(summary["store"])}</title>
 <style>{_STYLE}</style></head>
@@ -75,7 +76,7 @@ def write_html(inspection: Inspection, path: Path) -> Path:
   const shown = images.filter((image) => image.complete && image.naturalWidth > 0).length;
   document.getElementById("plot-status").textContent = `${{shown}} of ${{images.length}} plots rendered`;
 }});</script>
-<script type="application/json" id="summary">{html.escape(json.dumps(summary, ensure_ascii=False))}</script>
+<script type="application/json" id="summary">{html.escape(summary_json)}</script>
 </body></html>
 """
     path.parent.mkdir(parents=True, exist_ok=True)

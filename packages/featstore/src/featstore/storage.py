@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import posixpath
 import uuid
@@ -175,6 +176,17 @@ def locate(url: str | Path) -> Location:
     if "://" in text:
         return Location(text)
     return Location(str(Path(text).absolute()))
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, for JSON that any reader accepts."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
 
 
 def dump_json(value: Any) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar, get_args
 import click
 
 from featstore import FeatstoreError
+from featstore.storage import finite
 from trainer.augment import AugmentOptions
 from trainer.config import DEFAULT_BASE, BatchOptions, Device, FinetuneOptions, Method, RunConfig, Schedule, TextOptions
 from trainer.errors import TrainerError
@@ -314,7 +315,7 @@ def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_j
 
     results = evaluate_run(run_dir, store, device, workers, warn=lambda message: click.echo(message, err=True))
     if as_json:
-        click.echo(json.dumps({name: asdict(scores) for name, scores in results.items()}))
+        click.echo(json.dumps(finite({name: asdict(scores) for name, scores in results.items()}), allow_nan=False))
         return
     for name, scores in results.items():
         click.echo(f"{name:8s} WER {scores.wer:.4f}  CER {scores.cer:.4f}  ({scores.utterances} utterances)")
@@ -378,7 +379,7 @@ def plan_command(
 
     plan = plan_store(store, batch_options(max_batch_seconds, batch_size), seed, world_size)
     if as_json:
-        click.echo(json.dumps(plan))
+        click.echo(json.dumps(finite(plan), allow_nan=False))
     else:
         for line in format_plan(plan):
             click.echo(line)

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from featstore.storage import finite
+
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(finite(record), allow_nan=False) + "\n")
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -21,7 +23,7 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Drop records after `last_step`: a resumed run writes them again."""
     kept = [r for r in read_metrics(path) if r["step"] <= last_step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    path.write_text("".join(json.dumps(finite(r), allow_nan=False) + "\n" for r in kept), encoding="utf-8")
 
 
 def plot_metrics(records: list[dict[str, Any]], out: Path) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2Vec2Processor
 
+from featstore.storage import finite
 from trainer.augment import masking_config
 from trainer.config import TINY_RANDOM, RunConfig
 from trainer.errors import TrainerError
@@ -111,7 +112,7 @@ def run_config(meta: dict[str, Any]) -> RunConfig:
 def write_run_file(run: RunDir, config: RunConfig, **extra: Any) -> None:
     """Write run.json atomically (a reader never sees half of it)."""
     meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "config": config.to_json(), **extra}
-    write_atomic(run.run_file, json.dumps(meta, indent=1, ensure_ascii=False).encode("utf-8"))
+    write_atomic(run.run_file, json.dumps(finite(meta), indent=1, ensure_ascii=False, allow_nan=False).encode("utf-8"))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
