@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from trainer.augment import (
     speed_length,
 )
 from trainer.config import BatchOptions
+from trainer.evaluate import evaluate_run
 from trainer.fit import fit
 from trainer.metrics import read_metrics
 from trainer.model import trainable_state
@@ -195,3 +198,20 @@ def test_interrupted_fit_with_augmentation_resumes_exactly(stores, tmp_path) -> 
     expected, actual = trainable_state(straight.model), trainable_state(resumed.model)
     for key in expected:
         torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow  # a short fit and four evaluations
+def test_evaluation_never_augments(stores, tmp_path) -> None:
+    """A run trained with every augmentation and heavy masking scores exactly as the same weights without them."""
+    augment = AugmentOptions(
+        speeds=(0.9, 1.1), noise_store=str(stores.dev), gain_db=(-6.0, 6.0), mask_time_prob=0.5, mask_feature_prob=0.5
+    )
+    augmented = tmp_path / "augmented"
+    fit(tiny_lora_config(stores.small, augment=augment, max_steps=2, eval_steps=2), augmented)
+    plain = tmp_path / "plain"
+    shutil.copytree(augmented, plain)
+    meta = json.loads((plain / "run.json").read_text())
+    del meta["config"]["augment"]  # read as no augmentation
+    (plain / "run.json").write_text(json.dumps(meta))
+    assert evaluate_run(augmented, stores.small) == evaluate_run(plain, stores.small)
+    assert evaluate_run(augmented, stores.small) == evaluate_run(augmented, stores.small)
