@@ -10,9 +10,13 @@ import pytest
 
 from featstore import FeatStore, open_store
 from featstore.audio import QuantizedClip, SourceLevels
+from featstore.chunks import CHUNK_SAMPLES
+from featstore.index import consolidate_index
 from featstore.ingest import IngestSummary
-from featstore.layout import CHUNK_SAMPLES, IngestSettings, ShardWriter, consolidate_index, create_store, open_root
+from featstore.layout import IngestSettings, open_root
+from featstore.newstore import create_store
 from featstore.sampler import DurationBucketSampler, for_store
+from featstore.shardwriter import ShardWriter
 from featstore.storage import locate
 
 

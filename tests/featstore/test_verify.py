@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-from featstore.layout import INDEX_GROUP, INDEX_KEY, SHARD_KEY
+from featstore.layout import INDEX_GROUP, INDEX_KEY
+from featstore.shardmeta import SHARD_KEY
 from featstore.verify import VerifyError, verify_store
 
 

@@ -21,8 +21,11 @@ import numcodecs.abc
 import numcodecs.blosc
 import numpy as np
 
+from featstore.chunks import chunk_codec, chunk_key
 from featstore.errors import FeatstoreError
-from featstore.layout import chunk_codec, chunk_key, open_root, read_index, shard_summary
+from featstore.index import read_index
+from featstore.layout import open_root
+from featstore.shardmeta import read_shard_summary
 from featstore.storage import Location, locate
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
@@ -50,17 +53,17 @@ class FeatStore(Sequence[Utterance]):
         # chunk read, one stat against a ~0.5 ms decode, so a reader never mixes two stores' audio.
         self._identity = location.identity()
         index = read_index(root)
-        self.shard_names: list[str] = list(index["shards"])
-        self.checksums: dict[str, str] = dict(index["checksums"])
-        self.rejects: list[dict[str, Any]] = list(index["rejects"])
-        self.shard_codes = np.asarray(index["shard"], dtype=np.int32)
-        self.buckets = np.asarray(index["bucket"], dtype=np.int32)
-        self.offsets = np.asarray(index["offset"], dtype=np.int64)
-        self.lengths = np.asarray(index["length"], dtype=np.int64)
-        self.scales = np.asarray(index["scale"], dtype=np.float32)
-        self.levels_db = np.asarray(index["level_db"], dtype=np.float32)
-        self.clipping = np.asarray(index["clipping"], dtype=np.float32)
-        self.texts: list[str] = list(index["text"])
+        self.shard_names: list[str] = index.shards
+        self.checksums: dict[str, str] = index.checksums
+        self.rejects: list[dict[str, Any]] = [reject.to_json() for reject in index.rejects]
+        self.shard_codes = np.asarray(index.shard, dtype=np.int32)
+        self.buckets = np.asarray(index.bucket, dtype=np.int32)
+        self.offsets = np.asarray(index.offset, dtype=np.int64)
+        self.lengths = np.asarray(index.length, dtype=np.int64)
+        self.scales = np.asarray(index.scale, dtype=np.float32)
+        self.levels_db = np.asarray(index.level_db, dtype=np.float32)
+        self.clipping = np.asarray(index.clipping, dtype=np.float32)
+        self.texts: list[str] = index.text
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
@@ -105,12 +108,12 @@ class FeatStore(Sequence[Utterance]):
             self._check_identity()
             name = self.shard_names[code]
             try:
-                summary = shard_summary(open_root(self.location)[0], name)
+                summary = read_shard_summary(open_root(self.location)[0], name)
             except FeatstoreError:  # the store itself is gone or replaced at this moment
                 summary = None
-            if summary is None or summary.get("checksum") != self.checksums[name]:
+            if summary is None or summary.checksum != self.checksums[name]:
                 raise self._changed(f"shard {name} is gone or rewritten")
-            self._fields = (code, summary["rows"]["fields"])
+            self._fields = (code, summary.rows.fields)
         return self._fields[1]
 
     def _changed(self, what: str) -> StoreChanged:
