@@ -288,9 +288,9 @@ def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -
 def test_reader_sees_completed_shards_only(store_copy: Path) -> None:
     root, _ = open_root(locate(store_copy), mode="r+")
     root["shards"]["audio_1"].attrs[SHARD_KEY] = {"status": "writing", "source": {}}
-    index = consolidate_index(root, [])
+    index = consolidate_index(locate(store_copy), root, [])
     store = open_store(store_copy)
-    assert store.shard_names == ["audio_0", "audio_2"] == index.shards
+    assert store.shard_names == ["audio_0", "audio_2"] == [entry.name for entry in index.shards]
     assert len(store) == 5 + 12
 
 

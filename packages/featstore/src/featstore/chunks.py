@@ -36,8 +36,13 @@ def bucket_array_name(bucket: int) -> str:
 
 
 def chunk_key(shard: str, bucket: int, chunk: int) -> str:
-    """Where zarr keeps a chunk of a bucket array, relative to the store (v3 default chunk key encoding)."""
-    return f"{SHARDS_GROUP}/{shard}/{bucket_array_name(bucket)}/c/{chunk}"
+    """Where zarr keeps a chunk of a bucket array, relative to the store."""
+    return array_chunk_key(shard, bucket_array_name(bucket), chunk)
+
+
+def array_chunk_key(shard: str, array: str, chunk: int) -> str:
+    """Where zarr keeps a chunk of any array of a shard group (v3 default chunk key encoding)."""
+    return f"{SHARDS_GROUP}/{shard}/{array}/c/{chunk}"
 
 
 def chunk_codec() -> numcodecs.Blosc:

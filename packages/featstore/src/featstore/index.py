@@ -1,8 +1,12 @@
-"""The consolidated index: the rows of every complete shard, in shard order, in one object.
+"""The store's index (format 2): a small list of complete shards at the root, columns in the shards.
 
-    index/    attrs["featstore_index"]: shards, checksums, rejects and one list per column
+    index/    attrs["featstore_index"]: {"shards": [{name, clips, samples, checksum}, ...],
+                                         "rejects": [the manifest-level rejects]}
 
-It is rewritten whole when a shard completes, so a reader sees a shard completely or not at all.
+The list is O(shards) bytes, replaced whole (write-then-rename on local disks) when a shard
+completes, so a reader sees a shard completely or not at all, and the work per completed shard
+does not grow with the utterances already stored. The per-utterance columns live in each shard
+group (featstore.columns); `load_columns` concatenates them into contiguous numpy arrays.
 It is derived data: `consolidate_index` rebuilds it from the shard groups (and `repair` does).
 """
 
@@ -10,110 +14,162 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import zarr
 from zarr.core.sync import sync
 
 from featstore.chunks import SHARDS_GROUP
+from featstore.columns import NUMERIC_COLUMNS, OFFSETS_DTYPE, ColumnReader
 from featstore.errors import FeatstoreError
-from featstore.layout import INDEX_GROUP, INDEX_KEY, set_attribute
+from featstore.layout import INDEX_GROUP, INDEX_KEY
 from featstore.shardmeta import Reject, ShardSummary, read_shard_summary
+from featstore.storage import Location, dump_json
 
-# The per-utterance columns: `shard` is a code into `shards`, the rest come from the shards' rows
-# (what readers need for every utterance, ~100 bytes each; the manifest fields stay in the shards).
-INDEX_COLUMNS = ("shard", "bucket", "offset", "length", "scale", "level_db", "clipping", "text")
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One complete shard as the root lists it: enough to read its columns and check its checksum."""
+
+    name: str
+    clips: int
+    samples: int
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "clips": self.clips, "samples": self.samples, "checksum": self.checksum}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ShardEntry:
+        return cls(str(value["name"]), int(value["clips"]), int(value["samples"]), str(value["checksum"]))
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """The complete shards, in shard order, and the rejects that only the manifests reveal."""
+
+    shards: tuple[ShardEntry, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": [entry.to_json() for entry in self.shards], "rejects": [r.to_json() for r in self.rejects]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> StoreIndex:
+        return cls(
+            shards=tuple(ShardEntry.from_json(entry) for entry in value["shards"]),
+            rejects=tuple(Reject.from_json(reject) for reject in value["rejects"]),
+        )
 
 
 @dataclass(frozen=True)
 class IndexColumns:
-    """The consolidated index: complete shards, their checksums, every reject, and the row columns."""
+    """Every complete shard's columns, concatenated in shard order: one contiguous array each."""
 
-    shards: list[str] = field(default_factory=list)
-    checksums: dict[str, str] = field(default_factory=dict)
-    rejects: list[Reject] = field(default_factory=list)
-    shard: list[int] = field(default_factory=list)
-    bucket: list[int] = field(default_factory=list)
-    offset: list[int] = field(default_factory=list)
-    length: list[int] = field(default_factory=list)
-    scale: list[float] = field(default_factory=list)
-    level_db: list[float] = field(default_factory=list)
-    clipping: list[float] = field(default_factory=list)
-    text: list[str] = field(default_factory=list)
-
-    def column(self, name: str) -> list[Any]:
-        """One per-utterance column by name (one of INDEX_COLUMNS)."""
-        values: list[Any] = getattr(self, name)
-        return values
-
-    def add_shard(self, name: str, summary: ShardSummary) -> None:
-        """Append a complete shard's rows, checksum and rejects."""
-        code = len(self.shards)
-        self.shards.append(name)
-        self.checksums[name] = summary.checksum
-        self.shard.extend([code] * len(summary.rows.text))
-        for column in INDEX_COLUMNS[1:]:
-            self.column(column).extend(getattr(summary.rows, column))
-        self.rejects.extend(summary.rejects)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "shards": self.shards,
-            "checksums": self.checksums,
-            "rejects": [reject.to_json() for reject in self.rejects],
-            **{column: self.column(column) for column in INDEX_COLUMNS},
-        }
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> IndexColumns:
-        return cls(
-            shards=list(value["shards"]),
-            checksums=dict(value["checksums"]),
-            rejects=[Reject.from_json(reject) for reject in value["rejects"]],
-            **{column: list(value[column]) for column in INDEX_COLUMNS},
-        )
+    shard: np.ndarray  # int32 code into StoreIndex.shards
+    bucket: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    scale: np.ndarray
+    level_db: np.ndarray
+    clipping: np.ndarray
+    text_bytes: np.ndarray  # uint8, UTF-8 of every text end to end
+    text_offsets: np.ndarray  # int64, len + 1
 
 
 def consolidate_index(
-    root: zarr.Group, global_rejects: list[Reject], seen: dict[str, ShardSummary] | None = None
-) -> IndexColumns:
-    """Rebuild the consolidated index from every complete shard, in shard order, and write it whole.
+    store: Location, root: zarr.Group, global_rejects: list[Reject], seen: dict[str, ShardSummary] | None = None
+) -> StoreIndex:
+    """List every complete shard group, in shard order, and replace the root's list with it.
 
-    `seen` caches the shards already found complete (without their manifest fields), so that a
-    long ingest does not re-read every finished shard each time another one completes.
+    `seen` caches the summaries of shards already found complete, so that a later call reads
+    only new shards' small summaries; `record_completed` then needs no listing at all.
     """
     seen = {} if seen is None else seen
     shards_group = root[SHARDS_GROUP]
     assert isinstance(shards_group, zarr.Group)
-    index = IndexColumns(rejects=list(global_rejects))
-    for shard in sorted(shard_group_names(shards_group), key=natural_key):
-        if shard not in seen:
-            summary = read_shard_summary(root, shard)
-            if summary is None:
-                continue
-            seen[shard] = summary.without_fields()
-        index.add_shard(shard, seen[shard])
-    set_attribute(_index_group(root), INDEX_KEY, index.to_json())
+    complete = {}
+    for shard in shard_group_names(shards_group):
+        summary = seen.get(shard) or read_shard_summary(root, shard)
+        if summary is not None:
+            complete[shard] = summary
+    seen.clear()
+    seen.update(complete)
+    index = index_of(seen, global_rejects)
+    write_index(store, index)
     return index
 
 
-def read_index(root: zarr.Group) -> IndexColumns:
+def record_completed(
+    store: Location, seen: dict[str, ShardSummary], shard: str, summary: ShardSummary, global_rejects: list[Reject]
+) -> StoreIndex:
+    """Add a shard that just completed to the root's list, from `seen` (filled by `consolidate_index`).
+
+    The work is one sort and one write of O(shards) bytes, whatever the utterances already stored.
+    """
+    seen[shard] = summary
+    index = index_of(seen, global_rejects)
+    write_index(store, index)
+    return index
+
+
+def index_of(complete: dict[str, ShardSummary], global_rejects: list[Reject]) -> StoreIndex:
+    entries = (
+        ShardEntry(name, complete[name].clips, complete[name].samples, complete[name].checksum)
+        for name in sorted(complete, key=natural_key)
+    )
+    return StoreIndex(tuple(entries), tuple(global_rejects))
+
+
+def write_index(store: Location, index: StoreIndex) -> None:
+    """Replace the index group's metadata in one write (its directory recreated if it was lost)."""
+    group = store.child(INDEX_GROUP)
+    fs, path = group.filesystem()
+    fs.makedirs(path, exist_ok=True)
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": {INDEX_KEY: index.to_json()}}
+    group.child("zarr.json").write_atomic(dump_json(meta))
+
+
+def read_index(root: zarr.Group) -> StoreIndex:
     try:
         index = root[INDEX_GROUP].attrs.get(INDEX_KEY)
     except (KeyError, ValueError, TypeError):  # index/zarr.json deleted or garbled
         index = None
-    if not isinstance(index, dict):
+    try:
+        return StoreIndex.from_json(index)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
         raise FeatstoreError(
             "the store's index is missing or unreadable; "
             "run `featstore repair STORE`, or re-run the ingest, to rebuild it"
-        )
-    missing = [column for column in ("shards", "checksums", "rejects", *INDEX_COLUMNS) if column not in index]
-    if missing:
-        raise FeatstoreError(
-            f"store index lacks {', '.join(missing)}: written by an older featstore; re-ingest with --overwrite"
-        )
-    return IndexColumns.from_json(index)
+        ) from None
+
+
+def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
+    """Read every listed shard's columns (one file each) and concatenate them."""
+    fs, root_path = store.filesystem()
+    reader = ColumnReader(fs, root_path)
+    numeric: dict[str, list[np.ndarray]] = {name: [] for name in NUMERIC_COLUMNS}
+    texts, text_offsets, base = [], [], 0
+    for entry in index.shards:
+        for name in NUMERIC_COLUMNS:
+            numeric[name].append(reader.numeric(entry.name, name, entry.clips))
+        data, offsets = reader.ragged(entry.name, "text", entry.clips)
+        texts.append(data)
+        text_offsets.append(offsets[:-1] + base)
+        base += int(offsets[-1])
+    codes = np.repeat(np.arange(len(index.shards), dtype=np.int32), [entry.clips for entry in index.shards])
+    return IndexColumns(
+        shard=codes,
+        **{name: _concatenate(numeric[name], dtype) for name, dtype in NUMERIC_COLUMNS.items()},
+        text_bytes=_concatenate(texts, np.dtype(np.uint8)),
+        text_offsets=np.concatenate([*text_offsets, np.array([base], dtype=OFFSETS_DTYPE)]),
+    )
+
+
+def _concatenate(parts: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
 def shard_group_names(shards_group: zarr.Group) -> list[str]:
@@ -150,14 +206,3 @@ def _is_group(parent: zarr.Group, name: str) -> bool:
         return isinstance(parent[name], zarr.Group)
     except (KeyError, ValueError, TypeError):
         return False
-
-
-def _index_group(root: zarr.Group) -> zarr.Group:
-    """The index group, recreated (it holds nothing but its attributes) when its metadata is lost or garbled."""
-    try:
-        group = root[INDEX_GROUP]
-        if isinstance(group, zarr.Group):
-            return group
-    except (KeyError, ValueError, TypeError):
-        pass
-    return root.create_group(INDEX_GROUP, overwrite=True)

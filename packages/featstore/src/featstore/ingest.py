@@ -1,9 +1,9 @@
 """Ingest orchestration: one bounded-memory Dask task per shard, resume, progress, summary.
 
 Each task streams one shard and writes one shard group, so tasks never contend. The client
-rebuilds the consolidated index whenever a shard completes. Re-running the same command skips
-completed shards and redoes unfinished ones from scratch, so a run killed at any moment ends,
-after a re-run, with the same content as an uninterrupted one.
+adds each shard to the root's list of complete shards when it completes (O(shards) work).
+Re-running the same command skips completed shards and redoes unfinished ones from scratch, so a
+run killed at any moment ends, after a re-run, with the same content as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import numpy as np
 import zarr
 from tqdm import tqdm
 
@@ -28,7 +27,7 @@ from featstore import __version__
 from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
 from featstore.guard import refuse_overlap, writable_store
-from featstore.index import IndexColumns, consolidate_index
+from featstore.index import StoreIndex, consolidate_index, record_completed
 from featstore.interrupts import cluster_starting, held
 from featstore.layout import IncompleteSettings, IngestSettings, open_root, record_sources, restore_settings
 from featstore.lock import WriterLock
@@ -335,7 +334,8 @@ def ingest(
         root, _ = open_root(store, mode="r+")
         todo = [s for s in selected if not is_complete(read_shard_summary(root, s.name), s.describe())]
         summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
-        completed: dict[str, ShardSummary] = {}  # shards found complete, kept between index rebuilds
+        completed: dict[str, ShardSummary] = {}  # every complete shard: the index is rebuilt from it
+        consolidate_index(store, root, scan.rejects, completed)
         if todo:
             _run_tasks(
                 todo,
@@ -353,8 +353,8 @@ def ingest(
                 completed,
                 lock,
             )
-        index = consolidate_index(root, scan.rejects, completed)
-    _fill_totals(summary, index, store)
+        index = consolidate_index(store, root, scan.rejects, completed)
+    _fill_totals(summary, index, completed, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -379,7 +379,6 @@ def _run_tasks(
 
     total_clips = sum(scan.clips_per_shard[s.shard_id] for s in todo)
     total_hours = sum(scan.seconds_per_shard[s.shard_id] for s in todo) / 3600
-    root, _ = open_root(out, mode="r+")
     with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
         echo(f"Dask dashboard: {client.dashboard_link}")
         bar = tqdm(total=total_clips, unit="clip", disable=not show_progress, desc=f"ingest ({total_hours:.2f} h)")
@@ -408,7 +407,7 @@ def _run_tasks(
                 summary.shards_failed[shard.name] = result.reason
                 continue
             summary.shards_done.append(shard.name)
-            consolidate_index(root, scan.rejects, completed)
+            record_completed(out, completed, shard.name, result, scan.rejects)
             lock.refresh()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
@@ -426,10 +425,11 @@ def _shard_task(
         return ShardFailed(f"{error.strerror or error}{where}")
 
 
-def _fill_totals(summary: IngestSummary, index: IndexColumns, out: Location) -> None:
-    lengths = np.asarray(index.length, dtype=np.int64)
-    summary.clips = int(lengths.size)
-    summary.seconds = float(lengths.sum()) / SAMPLE_RATE
-    summary.rejects = Counter(reject.reason for reject in index.rejects)
-    summary.raw_bytes = int(lengths.sum()) * 4
+def _fill_totals(summary: IngestSummary, index: StoreIndex, shards: dict[str, ShardSummary], out: Location) -> None:
+    samples = sum(entry.samples for entry in index.shards)
+    summary.clips = sum(entry.clips for entry in index.shards)
+    summary.seconds = samples / SAMPLE_RATE
+    shard_rejects = [reject for entry in index.shards for reject in shards[entry.name].rejects]
+    summary.rejects = Counter(reject.reason for reject in (*index.rejects, *shard_rejects))
+    summary.raw_bytes = samples * 4
     summary.bytes_written = out.total_bytes()

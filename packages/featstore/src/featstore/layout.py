@@ -21,7 +21,8 @@ from featstore.errors import FeatstoreError
 from featstore.storage import Location, dump_json
 
 FORMAT_NAME = "featstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MIGRATABLE_VERSIONS = (1,)  # `featstore migrate` converts these to FORMAT_VERSION
 ROOT_KEY = "featstore"
 INDEX_KEY = "featstore_index"
 INDEX_GROUP = "index"
@@ -92,8 +93,9 @@ def is_store(store: Location) -> bool:
     return isinstance(featstore, dict) and featstore.get("format") == FORMAT_NAME
 
 
-def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
-    """Open a store's root group and check that it is a featstore store of our version."""
+def open_root(store: Location, mode: str = "r", migrating: bool = False) -> tuple[zarr.Group, StoreInfo]:
+    """Open a store's root group and check that it is a featstore store of our version
+    (or, when `migrating`, of a version `featstore migrate` converts)."""
     if not store.exists():
         raise FeatstoreError(f"{store.url}: no such store")
     try:
@@ -103,12 +105,18 @@ def open_root(store: Location, mode: str = "r") -> tuple[zarr.Group, StoreInfo]:
         raise FeatstoreError(f"{store.url}: not a featstore store ({type(error).__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise FeatstoreError(f"{store.url}: not a featstore store (no '{ROOT_KEY}' attributes)")
-    if meta.get("format_version") != FORMAT_VERSION:
+    version = meta.get("format_version")
+    if version in MIGRATABLE_VERSIONS and not migrating:
+        raise FeatstoreError(
+            f"{store.url}: a format-{version} store; run `featstore migrate {store.url}` to convert it to format "
+            f"{FORMAT_VERSION}"
+        )
+    if version != FORMAT_VERSION and version not in MIGRATABLE_VERSIONS:
         raise FeatstoreError(
             f"{store.url}: store format version {meta.get('format_version')} is not supported by this "
             f"featstore (format {FORMAT_VERSION}); re-ingest with --overwrite or use a matching featstore"
         )
-    info = StoreInfo(  # the constants of format 1 are known even when their copy in the store is lost
+    info = StoreInfo(  # the constants of the format are known even when their copy in the store is lost
         format_version=meta["format_version"],
         sample_rate=meta.get("sample_rate", SAMPLE_RATE),
         chunk_samples=meta.get("chunk_samples", CHUNK_SAMPLES),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import zarr
 
 from featstore.chunks import SHARDS_GROUP
-from featstore.index import IndexColumns
+from featstore.index import StoreIndex
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, IngestSettings, root_attrs, set_attribute
 from featstore.storage import Location
 
@@ -28,5 +28,5 @@ def build_empty_store(where: Location, settings: IngestSettings, package_version
     """Write an empty store at `where` (a name from `Location.built_aside`; the caller moves it)."""
     root = zarr.open_group(where.url, mode="w")
     root.create_group(SHARDS_GROUP)
-    set_attribute(root.create_group(INDEX_GROUP), INDEX_KEY, IndexColumns().to_json())
+    set_attribute(root.create_group(INDEX_GROUP), INDEX_KEY, StoreIndex().to_json())
     set_attribute(root, ROOT_KEY, root_attrs(settings, package_version))

@@ -22,8 +22,9 @@ import numcodecs.blosc
 import numpy as np
 
 from featstore.chunks import chunk_codec, chunk_key
+from featstore.columns import ColumnReader, Utf8Column
 from featstore.errors import FeatstoreError
-from featstore.index import read_index
+from featstore.index import load_columns, read_index
 from featstore.layout import open_root
 from featstore.shardmeta import read_shard_summary
 from featstore.storage import Location, locate
@@ -52,23 +53,35 @@ class FeatStore(Sequence[Utterance]):
         # A replaced store (--overwrite swaps in a new directory) is a new inode: checked on every
         # chunk read, one stat against a ~0.5 ms decode, so a reader never mixes two stores' audio.
         self._identity = location.identity()
-        index = read_index(root)
-        self.shard_names: list[str] = index.shards
-        self.checksums: dict[str, str] = index.checksums
-        self.rejects: list[dict[str, Any]] = [reject.to_json() for reject in index.rejects]
-        self.shard_codes = np.asarray(index.shard, dtype=np.int32)
-        self.buckets = np.asarray(index.bucket, dtype=np.int32)
-        self.offsets = np.asarray(index.offset, dtype=np.int64)
-        self.lengths = np.asarray(index.length, dtype=np.int64)
-        self.scales = np.asarray(index.scale, dtype=np.float32)
-        self.levels_db = np.asarray(index.level_db, dtype=np.float32)
-        self.clipping = np.asarray(index.clipping, dtype=np.float32)
-        self.texts: list[str] = index.text
+        self._index = read_index(root)
+        self.shard_names: list[str] = [entry.name for entry in self._index.shards]
+        self.checksums: dict[str, str] = {entry.name: entry.checksum for entry in self._index.shards}
+        columns = load_columns(location, self._index)
+        self.shard_codes = columns.shard
+        self.buckets = columns.bucket
+        self.offsets = columns.offset
+        self.lengths = columns.length
+        self.scales = columns.scale.astype(np.float32)
+        self.levels_db = columns.level_db.astype(np.float32)
+        self.clipping = columns.clipping.astype(np.float32)
+        self.texts = Utf8Column(columns.text_bytes, columns.text_offsets)
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
         self._codec = chunk_codec()
         self._fs, self._root = location.filesystem()
+
+    @cached_property
+    def rejects(self) -> list[dict[str, Any]]:
+        """Every reject: the manifests' first, then each complete shard's (read from its group when asked)."""
+        root, _ = open_root(self.location)
+        rejects = [reject.to_json() for reject in self._index.rejects]
+        for name in self.shard_names:
+            summary = read_shard_summary(root, name)
+            if summary is None or summary.checksum != self.checksums[name]:
+                raise self._changed(f"shard {name} is gone or rewritten")
+            rejects.extend(reject.to_json() for reject in summary.rejects)
+        return rejects
 
     @property
     def sample_rate(self) -> int:
@@ -113,7 +126,8 @@ class FeatStore(Sequence[Utterance]):
                 summary = None
             if summary is None or summary.checksum != self.checksums[name]:
                 raise self._changed(f"shard {name} is gone or rewritten")
-            self._fields = (code, summary.rows.fields)
+            clips = self._index.shards[code].clips
+            self._fields = (code, ColumnReader(self._fs, self._root).fields(name, clips))
         return self._fields[1]
 
     def _changed(self, what: str) -> StoreChanged:

@@ -52,9 +52,10 @@ def repair_store(path: str | Path, redo: Iterable[str] = (), note: Callable[[str
             kept = True
         except FeatstoreError:
             rejects, kept = [], False
-        index = consolidate_index(root, rejects)
-        left_out = [name for name in stored_shard_names(root) if name not in index.shards]
-    return RepairReport(complete=list(index.shards), left_out=left_out, kept_manifest_rejects=kept)
+        index = consolidate_index(store, root, rejects)
+        complete = [entry.name for entry in index.shards]
+        left_out = [name for name in stored_shard_names(root) if name not in complete]
+    return RepairReport(complete=complete, left_out=left_out, kept_manifest_rejects=kept)
 
 
 def _mark_for_redo(root: zarr.Group, shard: str) -> None:

@@ -1,13 +1,14 @@
-"""What a shard group says about itself: its rows, rejects and checksum, once complete.
+"""What a shard group says about itself once complete: its source, counts, rejects and checksum.
 
 A shard group's attrs["featstore_shard"] says "writing" (or "redo") until its task is done; the
-task then replaces it, in one write, with the shard's summary. These frozen dataclasses are that
-summary as modules pass it around; `to_json` and `from_json` are its form on disk.
+task writes the row columns (featstore.columns), then replaces the attribute, in one write, with
+the shard's summary. These frozen dataclasses are that summary as modules pass it around;
+`to_json` and `from_json` are its form on disk.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import zarr
@@ -47,35 +48,13 @@ class Reject:
 
 
 @dataclass(frozen=True)
-class ShardRows:
-    """A shard's index rows as columns (lists, as they are stored: one JSON array per column)."""
-
-    bucket: list[int]
-    offset: list[int]
-    length: list[int]
-    scale: list[float]
-    level_db: list[float]
-    clipping: list[float]
-    text: list[str]
-    fields: list[dict[str, Any]]
-
-    def to_json(self) -> dict[str, list[Any]]:
-        return {column: getattr(self, column) for column in ROW_COLUMNS}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> ShardRows:
-        return cls(**{column: list(value[column]) for column in ROW_COLUMNS})
-
-
-@dataclass(frozen=True)
 class ShardSummary:
-    """A complete shard: where it came from, its rows, rejects and checksum."""
+    """A complete shard: where it came from, its counts, rejects and checksum."""
 
     source: dict[str, Any]
     checksum: str
     clips: int
     samples: int
-    rows: ShardRows
     rejects: tuple[Reject, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -85,7 +64,6 @@ class ShardSummary:
             "checksum": self.checksum,
             "clips": self.clips,
             "samples": self.samples,
-            "rows": self.rows.to_json(),
             "rejects": [reject.to_shard_json() for reject in self.rejects],
         }
 
@@ -96,13 +74,8 @@ class ShardSummary:
             checksum=str(value["checksum"]),
             clips=int(value["clips"]),
             samples=int(value["samples"]),
-            rows=ShardRows.from_json(value["rows"]),
             rejects=tuple(Reject.from_json(reject, shard) for reject in value["rejects"]),
         )
-
-    def without_fields(self) -> ShardSummary:
-        """What the consolidated index needs of the shard (manifest fields stay in the shard group)."""
-        return replace(self, rows=replace(self.rows, fields=[]))
 
 
 def shard_attributes(root: zarr.Group, shard: str) -> dict[str, Any] | None:

@@ -20,8 +20,9 @@ from featstore.chunks import (
     chunk_codec,
     chunk_key,
 )
+from featstore.columns import write_columns
 from featstore.layout import set_attribute
-from featstore.shardmeta import ROW_COLUMNS, SHARD_KEY, Reject, ShardRows, ShardSummary
+from featstore.shardmeta import ROW_COLUMNS, SHARD_KEY, Reject, ShardSummary
 from featstore.storage import Location
 
 
@@ -78,7 +79,7 @@ class ShardWriter:
         self.rejects.append(Reject(audio_filepath, reason, detail))
 
     def finish(self) -> ShardSummary:
-        """Flush the partial chunks, describe each bucket array, and mark the shard complete."""
+        """Flush the partial chunks, describe each bucket array, write the row columns, mark the shard complete."""
         for bucket in sorted(self._buffers):
             self._flush(bucket)
             self.group.create_array(
@@ -94,9 +95,9 @@ class ShardWriter:
             checksum="sha256:" + self._checksum.hexdigest(),
             clips=len(self.columns["length"]),
             samples=int(sum(self.columns["length"])),
-            rows=ShardRows(**self.columns),
             rejects=tuple(self.rejects),
         )
+        write_columns(self.group, self.columns)
         set_attribute(self.group, SHARD_KEY, summary.to_json())
         return summary
 
