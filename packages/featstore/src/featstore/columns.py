@@ -86,10 +86,18 @@ class ColumnReader:
     def numeric(self, shard: str, name: str, size: int) -> np.ndarray:
         return self._read(shard, name, size, NUMERIC_COLUMNS[name])
 
+    def numeric_offsets(self, shard: str, name: str, size: int) -> np.ndarray:
+        """The `size + 1` offsets of a text column of `size` rows."""
+        return self._read(shard, f"{name}_offsets", size + 1, OFFSETS_DTYPE)
+
+    def utf8(self, shard: str, name: str, size: int) -> np.ndarray:
+        """The `size` UTF-8 bytes of a text column."""
+        return self._read(shard, name, size, np.dtype(np.uint8))
+
     def ragged(self, shard: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(UTF-8 bytes, offsets) of a text column of `size` rows."""
-        offsets = self._read(shard, f"{name}_offsets", size + 1, OFFSETS_DTYPE)
-        return self._read(shard, name, int(offsets[-1]), np.dtype(np.uint8)), offsets
+        offsets = self.numeric_offsets(shard, name, size)
+        return self.utf8(shard, name, int(offsets[-1])), offsets
 
     def fields(self, shard: str, size: int) -> list[dict[str, Any]]:
         data, offsets = self.ragged(shard, "fields", size)

@@ -61,9 +61,9 @@ class FeatStore(Sequence[Utterance]):
         self.buckets = columns.bucket
         self.offsets = columns.offset
         self.lengths = columns.length
-        self.scales = columns.scale.astype(np.float32)
-        self.levels_db = columns.level_db.astype(np.float32)
-        self.clipping = columns.clipping.astype(np.float32)
+        self.scales = columns.scale
+        self.levels_db = columns.level_db
+        self.clipping = columns.clipping
         self.texts = Utf8Column(columns.text_bytes, columns.text_offsets)
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
