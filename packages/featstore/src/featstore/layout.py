@@ -4,7 +4,7 @@ root metadata that proves a directory a featstore store and records its settings
     feats.zarr/                     root group, attrs["featstore"]: format, settings, sources
       shards/<shard>/               one group per source shard (featstore.shardwriter, .shardmeta)
         b00 ... bNN                 int16 audio of one duration bucket (featstore.chunks)
-      index/                        the consolidated index of complete shards (featstore.index)
+      index/                        the list of complete shards (featstore.index)
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Reading a store: the index in memory, audio lazily, chunk by chunk, through a small cache.
 
-`open_store(path)` snapshots the consolidated index (so a store still being ingested shows its
-completed shards only) and reads audio chunks straight from their files, decoding them with the
-store's Blosc codec: zarr's generic read path costs about three times as much per chunk. It holds
-no open file between reads, so it is safe to share with forked DataLoader workers. The store
-may be a local path or an fsspec URL.
+`open_store(path)` snapshots the root's list of complete shards (so a store still being ingested
+shows its completed shards only), holds their index columns as contiguous numpy arrays and their
+texts as one UTF-8 buffer (no Python object per utterance, so forked workers share the pages),
+reads manifest fields one shard at a time when a record is asked for, and reads audio chunks
+straight from their files, decoding them with the store's Blosc codec: zarr's generic read path
+costs about three times as much per chunk. It holds no open file between reads, so it is safe to
+share with forked DataLoader workers. The store may be a local path or an fsspec URL.
 """
 
 from __future__ import annotations

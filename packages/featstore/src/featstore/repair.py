@@ -1,6 +1,6 @@
-"""`featstore repair`: rebuild the consolidated index from the complete shard groups.
+"""`featstore repair`: rebuild the root's list of complete shards from the shard groups.
 
-The index is derived data: every complete shard group holds its own rows, rejects and checksum,
+The index is derived data: every complete shard group holds its own columns, rejects and checksum,
 so a lost or garbled `index/zarr.json` is rebuilt from them. Only the manifest-level rejects
 (records whose clip is in no shard, bad manifest lines) live in the index alone: they are kept
 when the old index is readable, and a re-run of the ingest recomputes them otherwise.
