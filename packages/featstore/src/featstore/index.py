@@ -12,6 +12,7 @@ It is derived data: `consolidate_index` rebuilds it from the shard groups (and `
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from dataclasses import dataclass
@@ -198,6 +199,7 @@ def stored_shard_names(root: zarr.Group) -> list[str]:
     return sorted((name for name in _child_names(shards) if name != "zarr.json"), key=natural_key)
 
 
+@functools.lru_cache(maxsize=65_536)  # each completed shard re-sorts the list: parse each name once
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort 'audio_2' before 'audio_10'."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
