@@ -23,7 +23,7 @@ import numpy as np
 import soxr
 
 from featstore.audio import decode_clip, dequantize, normalize, quantize, snr_db
-from featstore.layout import CHUNK_SAMPLES, chunk_codec
+from featstore.chunks import CHUNK_SAMPLES, chunk_codec
 from featstore.sample import ENCODE_RATE, encode_webm_opus
 
 VOICES = ("en", "en-us+f3", "sw", "fr", "de+m3", "es+f2", "pt", "it+f4")

@@ -22,8 +22,9 @@ from featstore import __version__
 from featstore.errors import FeatstoreError
 from featstore.ingest import dask_client, default_workers, ingest
 from featstore.interrupts import held, ignore_in_worker_process
-from featstore.layout import IngestSettings
+from featstore.layout import FORMAT_VERSION, IngestSettings
 from featstore.lock import break_lock
+from featstore.migrate import migrate_store
 from featstore.reader import open_store
 from featstore.repair import repair_store
 from featstore.sample import LANGUAGES, write_sample_corpus
@@ -396,6 +397,15 @@ def repair_command(store: str, redo: tuple[str, ...]) -> None:
     """Rebuild a store's index from its complete shards (a lost or garbled index/zarr.json)."""
     for line in repair_store(store, redo, note=lambda line: click.echo(line, err=True)).lines():
         click.echo(line)
+
+
+@main.command("migrate")
+@click.argument("store")
+@user_errors
+def migrate_command(store: str) -> None:
+    """Convert a format-1 store to the current format in place (its audio is kept as it is)."""
+    converted = migrate_store(store, note=lambda line: click.echo(line, err=True))
+    click.echo(f"converted {converted} shard(s); the store is format {FORMAT_VERSION}")
 
 
 @main.command("unlock")

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 
 from featstore import __version__
 from featstore.errors import FeatstoreError
-from featstore.layout import IngestSettings, build_empty_store, create_store, is_store
+from featstore.layout import IngestSettings, is_store
 from featstore.lock import WriterLock, lock_location, writer_lock
+from featstore.newstore import build_empty_store, create_store
 from featstore.storage import Location
 
 
@@ -56,17 +57,17 @@ def writable_store(
 
 
 def _replace_with_empty(store: Location, settings: IngestSettings, lock: WriterLock) -> None:
-    partial = build_empty_store(store, settings, __version__)
-    lock_location(partial).write_atomic(lock_location(store).read_bytes())  # the same lock, inside the new store
-    old = Location(partial.url.removesuffix(".partial") + ".replaced")
-    store.move_to(old)
-    try:
-        partial.move_to(store)
-    except OSError:  # another writer created a store here in between: keep theirs
-        partial.remove()
-        with contextlib.suppress(OSError):
-            old.move_to(store)
-        raise FeatstoreError(f"{store.url}: another writer created a store while this one replaced it") from None
+    with store.built_aside() as partial:
+        build_empty_store(partial, settings, __version__)
+        lock_location(partial).write_atomic(lock_location(store).read_bytes())  # the same lock, inside the new store
+        old = Location(partial.url.removesuffix(".partial") + ".replaced")
+        store.move_to(old)
+        try:
+            partial.move_to(store)
+        except OSError:  # another writer created a store here in between: keep theirs
+            with contextlib.suppress(OSError):
+                old.move_to(store)
+            raise FeatstoreError(f"{store.url}: another writer created a store while this one replaced it") from None
     old.remove()
 
 

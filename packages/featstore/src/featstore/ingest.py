@@ -1,9 +1,9 @@
 """Ingest orchestration: one bounded-memory Dask task per shard, resume, progress, summary.
 
 Each task streams one shard and writes one shard group, so tasks never contend. The client
-rebuilds the consolidated index whenever a shard completes. Re-running the same command skips
-completed shards and redoes unfinished ones from scratch, so a run killed at any moment ends,
-after a re-run, with the same content as an uninterrupted one.
+adds each shard to the root's list of complete shards when it completes (O(shards) work).
+Re-running the same command skips completed shards and redoes unfinished ones from scratch, so a
+run killed at any moment ends, after a re-run, with the same content as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import dask
-import numpy as np
 import zarr
 from tqdm import tqdm
 
@@ -28,20 +27,13 @@ from featstore import __version__
 from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
 from featstore.guard import refuse_overlap, writable_store
+from featstore.index import StoreIndex, consolidate_index, record_completed
 from featstore.interrupts import cluster_starting, held
-from featstore.layout import (
-    IncompleteSettings,
-    IngestSettings,
-    ShardWriter,
-    consolidate_index,
-    is_complete,
-    open_root,
-    record_sources,
-    restore_settings,
-    shard_summary,
-)
+from featstore.layout import IncompleteSettings, IngestSettings, open_root, record_sources, restore_settings
 from featstore.lock import WriterLock
+from featstore.shardmeta import Reject, ShardSummary, is_complete, read_shard_summary
 from featstore.shards import UnreadableShard, iter_members
+from featstore.shardwriter import ShardWriter
 from featstore.sources import (
     Corpus,
     ShardSelection,
@@ -79,7 +71,17 @@ class ManifestScan:
 
     clips_per_shard: Counter[int]
     seconds_per_shard: dict[int, float]
-    rejects: list[dict[str, Any]]
+    rejects: list[Reject]
+
+
+@dataclass(frozen=True)
+class ShardFailed:
+    """A shard task's result when the shard could not be written; its reason is reported once."""
+
+    reason: str
+
+
+ShardResult = ShardSummary | ShardFailed
 
 
 @dataclass
@@ -117,7 +119,7 @@ def ingest_shard(
     manifests: tuple[Location, ...],
     settings: IngestSettings,
     report: ProgressFn | None = None,
-) -> dict[str, Any]:
+) -> ShardResult:
     """Stream one shard into its own group of the store; return the shard's summary.
 
     Memory: the shard's manifest records, one clip, and the writer's chunk buffers.
@@ -136,7 +138,7 @@ def ingest_shard(
                 report(pending_clips, pending_seconds)
                 pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
     except UnreadableShard as error:  # bad input, not a bug: reported without a worker traceback
-        return {"status": "failed", "reason": str(error)}
+        return ShardFailed(str(error))
     for source, record in records.values():
         writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.location.name}")
     report(pending_clips + len(records), pending_seconds)
@@ -196,43 +198,22 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     chosen = {s.shard_id for s in selected}
     clips: Counter[int] = Counter()
     seconds: dict[int, float] = defaultdict(float)
-    rejects: list[dict[str, Any]] = []
+    rejects: list[Reject] = []
     seen: set[tuple[int, str]] = set()
     for line in iter_manifest_lines(corpus.manifests):
         if line.record is None:
-            rejects.append(
-                {
-                    "shard": None,
-                    "audio_filepath": "",
-                    "reason": "bad_manifest_line",
-                    "detail": f"{line.source}: {line.error}",
-                }
-            )
+            rejects.append(Reject("", "bad_manifest_line", f"{line.source}: {line.error}"))
             continue
         shard_id = record_shard(line.record, line.source)
         path = line.record["audio_filepath"]
         if shard_id not in known:
-            rejects.append(
-                {
-                    "shard": None,
-                    "audio_filepath": path,
-                    "reason": "missing_audio",
-                    "detail": f"{line.source}: shard {shard_id} not in the input",
-                }
-            )
+            rejects.append(Reject(path, "missing_audio", f"{line.source}: shard {shard_id} not in the input"))
             continue
         if shard_id not in chosen:
             continue
         key = (shard_id, member_key(path))
         if key in seen:
-            rejects.append(
-                {
-                    "shard": None,
-                    "audio_filepath": path,
-                    "reason": "duplicate_record",
-                    "detail": f"{line.source}: listed twice",
-                }
-            )
+            rejects.append(Reject(path, "duplicate_record", f"{line.source}: listed twice"))
             continue
         seen.add(key)
         clips[shard_id] += 1
@@ -267,7 +248,7 @@ def prepare_store(
         for name, source in sources.items()
         if name in info.sources
         and info.sources[name]["size"] != source["size"]
-        and is_complete(shard_summary(root, name), info.sources[name])
+        and is_complete(read_shard_summary(root, name), info.sources[name])
     ]
     if conflicts:
         raise FeatstoreError(
@@ -351,9 +332,10 @@ def ingest(
     with held(), writable_store(store, settings, overwrite, echo) as lock:
         prepare_store(store, selected, settings, append, echo)
         root, _ = open_root(store, mode="r+")
-        todo = [s for s in selected if not is_complete(shard_summary(root, s.name), s.describe())]
+        todo = [s for s in selected if not is_complete(read_shard_summary(root, s.name), s.describe())]
         summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
-        completed: dict[str, dict[str, Any]] = {}  # compact index of shards found complete, kept between rebuilds
+        completed: dict[str, ShardSummary] = {}  # every complete shard: the index is rebuilt from it
+        consolidate_index(store, root, scan.rejects, completed)
         if todo:
             _run_tasks(
                 todo,
@@ -371,8 +353,8 @@ def ingest(
                 completed,
                 lock,
             )
-        index = consolidate_index(root, scan.rejects, completed)
-    _fill_totals(summary, index, store)
+        index = consolidate_index(store, root, scan.rejects, completed)
+    _fill_totals(summary, index, completed, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -390,14 +372,13 @@ def _run_tasks(
     dashboard_address: str,
     echo: Callable[[str], None],
     show_progress: bool,
-    completed: dict[str, dict[str, Any]],
+    completed: dict[str, ShardSummary],
     lock: WriterLock,
 ) -> None:
     from distributed import as_completed
 
     total_clips = sum(scan.clips_per_shard[s.shard_id] for s in todo)
     total_hours = sum(scan.seconds_per_shard[s.shard_id] for s in todo) / 3600
-    root, _ = open_root(out, mode="r+")
     with dask_client(workers, memory_limit, scheduler, dashboard_address) as client:
         echo(f"Dask dashboard: {client.dashboard_link}")
         bar = tqdm(total=total_clips, unit="clip", disable=not show_progress, desc=f"ingest ({total_hours:.2f} h)")
@@ -421,12 +402,12 @@ def _run_tasks(
             try:
                 result = future.result()
             except Exception as error:  # a failed task must not take the other shards down with it
-                result = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
-            if result["status"] == "failed":
-                summary.shards_failed[shard.name] = result["reason"]
+                result = ShardFailed(f"{type(error).__name__}: {error}")
+            if isinstance(result, ShardFailed):
+                summary.shards_failed[shard.name] = result.reason
                 continue
             summary.shards_done.append(shard.name)
-            consolidate_index(root, scan.rejects, completed)
+            record_completed(out, completed, shard.name, result, scan.rejects)
             lock.refresh()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()
@@ -434,20 +415,21 @@ def _run_tasks(
 
 def _shard_task(
     store: Location, shard: ShardSource, manifests: tuple[Location, ...], settings: IngestSettings
-) -> dict[str, Any]:
+) -> ShardResult:
     """One shard; what the system refuses (a full disk, a read-only store) fails that shard with its
     reason, reported once by the client, instead of a worker's "Compute Failed" traceback."""
     try:
         return ingest_shard(store, shard, manifests, settings)
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
-        return {"status": "failed", "reason": f"{error.strerror or error}{where}"}
+        return ShardFailed(f"{error.strerror or error}{where}")
 
 
-def _fill_totals(summary: IngestSummary, index: dict[str, Any], out: Location) -> None:
-    lengths = np.asarray(index["length"], dtype=np.int64)
-    summary.clips = int(lengths.size)
-    summary.seconds = float(lengths.sum()) / SAMPLE_RATE
-    summary.rejects = Counter(reject["reason"] for reject in index["rejects"])
-    summary.raw_bytes = int(lengths.sum()) * 4
+def _fill_totals(summary: IngestSummary, index: StoreIndex, shards: dict[str, ShardSummary], out: Location) -> None:
+    samples = sum(entry.samples for entry in index.shards)
+    summary.clips = sum(entry.clips for entry in index.shards)
+    summary.seconds = samples / SAMPLE_RATE
+    shard_rejects = [reject for entry in index.shards for reject in shards[entry.name].rejects]
+    summary.rejects = Counter(reject.reason for reject in (*index.rejects, *shard_rejects))
+    summary.raw_bytes = samples * 4
     summary.bytes_written = out.total_bytes()

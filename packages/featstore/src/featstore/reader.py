@@ -1,10 +1,12 @@
 """Reading a store: the index in memory, audio lazily, chunk by chunk, through a small cache.
 
-`open_store(path)` snapshots the consolidated index (so a store still being ingested shows its
-completed shards only) and reads audio chunks straight from their files, decoding them with the
-store's Blosc codec: zarr's generic read path costs about three times as much per chunk. It holds
-no open file between reads, so it is safe to share with forked DataLoader workers. The store
-may be a local path or an fsspec URL.
+`open_store(path)` snapshots the root's list of complete shards (so a store still being ingested
+shows its completed shards only), holds their index columns as contiguous numpy arrays and their
+texts as one UTF-8 buffer (no Python object per utterance, so forked workers share the pages),
+reads manifest fields one shard at a time when a record is asked for, and reads audio chunks
+straight from their files, decoding them with the store's Blosc codec: zarr's generic read path
+costs about three times as much per chunk. It holds no open file between reads, so it is safe to
+share with forked DataLoader workers. The store may be a local path or an fsspec URL.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ import numcodecs.abc
 import numcodecs.blosc
 import numpy as np
 
+from featstore.chunks import chunk_codec, chunk_key
+from featstore.columns import ColumnReader, Utf8Column
 from featstore.errors import FeatstoreError
-from featstore.layout import chunk_codec, chunk_key, open_root, read_index, shard_summary
+from featstore.index import load_columns, read_index
+from featstore.layout import open_root
+from featstore.shardmeta import read_shard_summary
 from featstore.storage import Location, locate
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
@@ -49,23 +55,35 @@ class FeatStore(Sequence[Utterance]):
         # A replaced store (--overwrite swaps in a new directory) is a new inode: checked on every
         # chunk read, one stat against a ~0.5 ms decode, so a reader never mixes two stores' audio.
         self._identity = location.identity()
-        index = read_index(root)
-        self.shard_names: list[str] = list(index["shards"])
-        self.checksums: dict[str, str] = dict(index["checksums"])
-        self.rejects: list[dict[str, Any]] = list(index["rejects"])
-        self.shard_codes = np.asarray(index["shard"], dtype=np.int32)
-        self.buckets = np.asarray(index["bucket"], dtype=np.int32)
-        self.offsets = np.asarray(index["offset"], dtype=np.int64)
-        self.lengths = np.asarray(index["length"], dtype=np.int64)
-        self.scales = np.asarray(index["scale"], dtype=np.float32)
-        self.levels_db = np.asarray(index["level_db"], dtype=np.float32)
-        self.clipping = np.asarray(index["clipping"], dtype=np.float32)
-        self.texts: list[str] = list(index["text"])
+        self._index = read_index(root)
+        self.shard_names: list[str] = [entry.name for entry in self._index.shards]
+        self.checksums: dict[str, str] = {entry.name: entry.checksum for entry in self._index.shards}
+        columns = load_columns(location, self._index)
+        self.shard_codes = columns.shard
+        self.buckets = columns.bucket
+        self.offsets = columns.offset
+        self.lengths = columns.length
+        self.scales = columns.scale
+        self.levels_db = columns.level_db
+        self.clipping = columns.clipping
+        self.texts = Utf8Column(columns.text_bytes, columns.text_offsets)
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
         self._codec = chunk_codec()
         self._fs, self._root = location.filesystem()
+
+    @cached_property
+    def rejects(self) -> list[dict[str, Any]]:
+        """Every reject: the manifests' first, then each complete shard's (read from its group when asked)."""
+        root, _ = open_root(self.location)
+        rejects = [reject.to_json() for reject in self._index.rejects]
+        for name in self.shard_names:
+            summary = read_shard_summary(root, name)
+            if summary is None or summary.checksum != self.checksums[name]:
+                raise self._changed(f"shard {name} is gone or rewritten")
+            rejects.extend(reject.to_json() for reject in summary.rejects)
+        return rejects
 
     @property
     def sample_rate(self) -> int:
@@ -105,12 +123,13 @@ class FeatStore(Sequence[Utterance]):
             self._check_identity()
             name = self.shard_names[code]
             try:
-                summary = shard_summary(open_root(self.location)[0], name)
+                summary = read_shard_summary(open_root(self.location)[0], name)
             except FeatstoreError:  # the store itself is gone or replaced at this moment
                 summary = None
-            if summary is None or summary.get("checksum") != self.checksums[name]:
+            if summary is None or summary.checksum != self.checksums[name]:
                 raise self._changed(f"shard {name} is gone or rewritten")
-            self._fields = (code, summary["rows"]["fields"])
+            clips = self._index.shards[code].clips
+            self._fields = (code, ColumnReader(self._fs, self._root).fields(name, clips))
         return self._fields[1]
 
     def _changed(self, what: str) -> StoreChanged:

@@ -1,6 +1,6 @@
-"""`featstore repair`: rebuild the consolidated index from the complete shard groups.
+"""`featstore repair`: rebuild the root's list of complete shards from the shard groups.
 
-The index is derived data: every complete shard group holds its own rows, rejects and checksum,
+The index is derived data: every complete shard group holds its own columns, rejects and checksum,
 so a lost or garbled `index/zarr.json` is rebuilt from them. Only the manifest-level rejects
 (records whose clip is in no shard, bad manifest lines) live in the index alone: they are kept
 when the old index is readable, and a re-run of the ingest recomputes them otherwise.
@@ -15,19 +15,12 @@ from pathlib import Path
 
 import zarr
 
+from featstore.chunks import SHARDS_GROUP
 from featstore.errors import FeatstoreError
-from featstore.layout import (
-    SHARD_KEY,
-    SHARDS_GROUP,
-    consolidate_index,
-    is_store,
-    open_root,
-    read_index,
-    set_attribute,
-    shard_summary,
-    stored_shard_names,
-)
+from featstore.index import consolidate_index, read_index, stored_shard_names
+from featstore.layout import is_store, open_root, set_attribute
 from featstore.lock import writer_lock
+from featstore.shardmeta import SHARD_KEY, shard_attributes
 from featstore.storage import locate
 
 
@@ -55,19 +48,20 @@ def repair_store(path: str | Path, redo: Iterable[str] = (), note: Callable[[str
         for shard in redo:
             _mark_for_redo(root, shard)
         try:
-            rejects = [reject for reject in read_index(root)["rejects"] if reject.get("shard") is None]
+            rejects = [reject for reject in read_index(root).rejects if reject.shard is None]
             kept = True
         except FeatstoreError:
             rejects, kept = [], False
-        index = consolidate_index(root, rejects)
-        left_out = [name for name in stored_shard_names(root) if name not in index["shards"]]
-    return RepairReport(complete=list(index["shards"]), left_out=left_out, kept_manifest_rejects=kept)
+        index = consolidate_index(store, root, rejects)
+        complete = [entry.name for entry in index.shards]
+        left_out = [name for name in stored_shard_names(root) if name not in complete]
+    return RepairReport(complete=complete, left_out=left_out, kept_manifest_rejects=kept)
 
 
 def _mark_for_redo(root: zarr.Group, shard: str) -> None:
-    summary = shard_summary(root, shard)
-    if summary is None:
+    attributes = shard_attributes(root, shard)
+    if attributes is None:
         raise FeatstoreError(f"--redo: the store has no shard group {shard} with readable metadata")
     group = root[f"{SHARDS_GROUP}/{shard}"]
     assert isinstance(group, zarr.Group)
-    set_attribute(group, SHARD_KEY, {"status": "redo", "source": summary.get("source", {})})
+    set_attribute(group, SHARD_KEY, {"status": "redo", "source": attributes.get("source", {})})

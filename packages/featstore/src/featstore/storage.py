@@ -13,6 +13,7 @@ import math
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -94,12 +95,21 @@ class Location:
         fs, path = self.filesystem()
         fs.rm(path, recursive=True)
 
-    def sibling_for_writing(self) -> Location:
-        """A fresh name beside this one, to build something before moving it into place."""
-        return Location(f"{self.url.rstrip('/')}.{uuid.uuid4().hex[:8]}.partial")
+    @contextlib.contextmanager
+    def built_aside(self) -> Iterator[Location]:
+        """A fresh name beside this one, `name.<random>.partial`, to build something in before it is
+        moved into place. Whatever is still there when the block ends (a build that failed, a full
+        disk, Ctrl-C, or one the block chose not to move) is removed: no partial is left behind.
+        """
+        partial = Location(f"{self.url.rstrip('/')}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            yield partial
+        finally:
+            if partial.exists():
+                partial.remove()
 
     def write_atomic(self, data: bytes) -> None:
-        """Write the whole file or nothing: `name.<random>.partial`, then renamed over `name`.
+        """Write the whole file or nothing: built aside, then renamed over `name`.
 
         A reader never sees half a file, and a write that fails (a full disk) leaves the old
         file as it was. Object stores put an object whole, so there it is one put.
@@ -108,15 +118,9 @@ class Location:
             fs, path = self.filesystem()
             fs.pipe_file(path, data)
             return
-        partial = f"{self.url}.{uuid.uuid4().hex[:8]}.partial"
-        try:
-            with open(partial, "wb") as file:
-                file.write(data)
-            os.replace(partial, self.url)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
-            raise
+        with self.built_aside() as partial:
+            Path(partial.url).write_bytes(data)
+            os.replace(partial.url, self.url)
 
     def create_exclusive(self, data: bytes) -> bool:
         """Create the file holding `data` unless it exists; True when this call created it.
@@ -132,17 +136,13 @@ class Location:
                 return False
             fs.pipe_file(path, data)
             return True
-        partial = f"{self.url}.{uuid.uuid4().hex[:8]}.partial"
-        try:
-            with open(partial, "wb") as file:
-                file.write(data)
-            os.link(partial, self.url)
+        with self.built_aside() as partial:
+            Path(partial.url).write_bytes(data)
+            try:
+                os.link(partial.url, self.url)
+            except FileExistsError:
+                return False
             return True
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(partial)
 
     def identity(self) -> tuple[int, int] | None:
         """(device, inode) of a local path, which changes when the path is replaced; None for URLs."""

@@ -1,0 +1,219 @@
+"""The store's index (format 2): a small list of complete shards at the root, columns in the shards.
+
+    index/    attrs["featstore_index"]: {"shards": [{name, clips, samples, checksum}, ...],
+                                         "rejects": [the manifest-level rejects]}
+
+The list is O(shards) bytes, replaced whole (write-then-rename on local disks) when a shard
+completes, so a reader sees a shard completely or not at all, and the work per completed shard
+does not grow with the utterances already stored. The per-utterance columns live in each shard
+group (featstore.columns); `load_columns` concatenates them into contiguous numpy arrays.
+It is derived data: `consolidate_index` rebuilds it from the shard groups (and `repair` does).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from featstore.chunks import SHARDS_GROUP
+from featstore.columns import NUMERIC_COLUMNS, OFFSETS_DTYPE, ColumnReader
+from featstore.errors import FeatstoreError
+from featstore.layout import INDEX_GROUP, INDEX_KEY
+from featstore.shardmeta import Reject, ShardSummary, read_shard_summary
+from featstore.storage import Location, dump_json
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One complete shard as the root lists it: enough to read its columns and check its checksum."""
+
+    name: str
+    clips: int
+    samples: int
+    checksum: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "clips": self.clips, "samples": self.samples, "checksum": self.checksum}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> ShardEntry:
+        return cls(str(value["name"]), int(value["clips"]), int(value["samples"]), str(value["checksum"]))
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """The complete shards, in shard order, and the rejects that only the manifests reveal."""
+
+    shards: tuple[ShardEntry, ...] = ()
+    rejects: tuple[Reject, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shards": [entry.to_json() for entry in self.shards], "rejects": [r.to_json() for r in self.rejects]}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> StoreIndex:
+        return cls(
+            shards=tuple(ShardEntry.from_json(entry) for entry in value["shards"]),
+            rejects=tuple(Reject.from_json(reject) for reject in value["rejects"]),
+        )
+
+
+@dataclass(frozen=True)
+class IndexColumns:
+    """Every complete shard's columns, concatenated in shard order: one contiguous array each."""
+
+    shard: np.ndarray  # int32 code into StoreIndex.shards
+    bucket: np.ndarray
+    offset: np.ndarray
+    length: np.ndarray
+    scale: np.ndarray
+    level_db: np.ndarray
+    clipping: np.ndarray
+    text_bytes: np.ndarray  # uint8, UTF-8 of every text end to end
+    text_offsets: np.ndarray  # int64, len + 1
+
+
+def consolidate_index(
+    store: Location, root: zarr.Group, global_rejects: list[Reject], seen: dict[str, ShardSummary] | None = None
+) -> StoreIndex:
+    """List every complete shard group, in shard order, and replace the root's list with it.
+
+    `seen` caches the summaries of shards already found complete, so that a later call reads
+    only new shards' small summaries; `record_completed` then needs no listing at all.
+    """
+    seen = {} if seen is None else seen
+    shards_group = root[SHARDS_GROUP]
+    assert isinstance(shards_group, zarr.Group)
+    complete = {}
+    for shard in shard_group_names(shards_group):
+        summary = seen.get(shard) or read_shard_summary(root, shard)
+        if summary is not None:
+            complete[shard] = summary
+    seen.clear()
+    seen.update(complete)
+    index = index_of(seen, global_rejects)
+    write_index(store, index)
+    return index
+
+
+def record_completed(
+    store: Location, seen: dict[str, ShardSummary], shard: str, summary: ShardSummary, global_rejects: list[Reject]
+) -> StoreIndex:
+    """Add a shard that just completed to the root's list, from `seen` (filled by `consolidate_index`).
+
+    The work is one sort and one write of O(shards) bytes, whatever the utterances already stored.
+    """
+    seen[shard] = summary
+    index = index_of(seen, global_rejects)
+    write_index(store, index)
+    return index
+
+
+def index_of(complete: dict[str, ShardSummary], global_rejects: list[Reject]) -> StoreIndex:
+    entries = (
+        ShardEntry(name, complete[name].clips, complete[name].samples, complete[name].checksum)
+        for name in sorted(complete, key=natural_key)
+    )
+    return StoreIndex(tuple(entries), tuple(global_rejects))
+
+
+def write_index(store: Location, index: StoreIndex) -> None:
+    """Replace the index group's metadata in one write (its directory recreated if it was lost)."""
+    group = store.child(INDEX_GROUP)
+    fs, path = group.filesystem()
+    fs.makedirs(path, exist_ok=True)
+    meta = {"zarr_format": 3, "node_type": "group", "attributes": {INDEX_KEY: index.to_json()}}
+    group.child("zarr.json").write_atomic(dump_json(meta))
+
+
+def read_index(root: zarr.Group) -> StoreIndex:
+    try:
+        index = root[INDEX_GROUP].attrs.get(INDEX_KEY)
+    except (KeyError, ValueError, TypeError):  # index/zarr.json deleted or garbled
+        index = None
+    try:
+        return StoreIndex.from_json(index)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        raise FeatstoreError(
+            "the store's index is missing or unreadable; "
+            "run `featstore repair STORE`, or re-run the ingest, to rebuild it"
+        ) from None
+
+
+# What readers hold in memory: the float columns as float32 (the stored float64 is what the checksum hashed).
+MEMORY_DTYPES = {**NUMERIC_COLUMNS, **{name: np.dtype(np.float32) for name in ("scale", "level_db", "clipping")}}
+
+
+def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
+    """Read every listed shard's columns (one file each) into arrays allocated once at their full size.
+
+    Filling preallocated arrays, rather than concatenating per-shard parts, keeps the reader's
+    memory at the columns themselves: no transient copies, no heap left fragmented by the parts.
+    """
+    fs, root_path = store.filesystem()
+    reader = ColumnReader(fs, root_path)
+    counts = np.array([entry.clips for entry in index.shards], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    total = int(starts[-1])
+    columns = {name: np.empty(total, dtype=dtype) for name, dtype in MEMORY_DTYPES.items()}
+    text_offsets = np.empty(total + 1, dtype=OFFSETS_DTYPE)
+    text_offsets[0] = 0
+    for entry, start in zip(index.shards, starts[:-1].tolist(), strict=True):
+        for name, column in columns.items():
+            column[start : start + entry.clips] = reader.numeric(entry.name, name, entry.clips)
+        offsets = reader.numeric_offsets(entry.name, "text", entry.clips)
+        text_offsets[start + 1 : start + entry.clips + 1] = offsets[1:] + text_offsets[start]
+    text_bytes = np.empty(int(text_offsets[-1]), dtype=np.uint8)
+    for entry, start in zip(index.shards, starts[:-1].tolist(), strict=True):
+        first, last = int(text_offsets[start]), int(text_offsets[start + entry.clips])
+        text_bytes[first:last] = reader.utf8(entry.name, "text", last - first)
+    return IndexColumns(
+        shard=np.repeat(np.arange(len(index.shards), dtype=np.int32), counts),
+        **columns,
+        text_bytes=text_bytes,
+        text_offsets=text_offsets,
+    )
+
+
+def shard_group_names(shards_group: zarr.Group) -> list[str]:
+    """The shard groups zarr can open; one being created, or whose metadata is lost, is left out."""
+    with warnings.catch_warnings():  # a shard group being created right now is not a group yet: skip it quietly
+        warnings.filterwarnings("ignore", category=UserWarning, module="zarr")
+        try:
+            return list(shards_group.group_keys())
+        except (ValueError, TypeError):  # a garbled zarr.json among them: look at each one alone
+            return [name for name in _child_names(shards_group) if _is_group(shards_group, name)]
+
+
+def stored_shard_names(root: zarr.Group) -> list[str]:
+    """Every entry under shards/, whether or not zarr can open it as a group."""
+    shards = root[SHARDS_GROUP]
+    assert isinstance(shards, zarr.Group)
+    return sorted((name for name in _child_names(shards) if name != "zarr.json"), key=natural_key)
+
+
+@functools.lru_cache(maxsize=65_536)  # each completed shard re-sorts the list: parse each name once
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort 'audio_2' before 'audio_10'."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
+
+
+def _child_names(group: zarr.Group) -> list[str]:
+    async def collect() -> list[str]:
+        return [name async for name in group.store.list_dir(group.path)]
+
+    return sync(collect())
+
+
+def _is_group(parent: zarr.Group, name: str) -> bool:
+    try:
+        return isinstance(parent[name], zarr.Group)
+    except (KeyError, ValueError, TypeError):
+        return False

@@ -1,0 +1,65 @@
+"""`featstore migrate`: convert a format-1 store to format 2 in place, without touching its audio.
+
+Format 1 kept each shard's rows in its group's attributes and the whole index in one JSON
+attribute. Migration writes each complete shard's rows as its column arrays and drops them from
+its summary, then writes the root's list of complete shards, and bumps the root's format version
+last: a migration stopped at any point is finished by running it again (a converted shard has no
+rows attribute left). Shards that were not complete stay as they are; the next ingest redoes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import zarr
+
+from featstore.chunks import SHARDS_GROUP
+from featstore.columns import write_columns
+from featstore.errors import FeatstoreError
+from featstore.index import consolidate_index, shard_group_names
+from featstore.layout import FORMAT_VERSION, INDEX_GROUP, INDEX_KEY, ROOT_KEY, is_store, open_root, set_attribute
+from featstore.lock import writer_lock
+from featstore.shardmeta import SHARD_KEY, Reject, shard_attributes
+from featstore.storage import locate
+
+
+def migrate_store(path: str | Path, note: Callable[[str], None] = print) -> int:
+    """Convert the store to FORMAT_VERSION; return the number of shards converted (0: already current)."""
+    store = locate(path)
+    if not is_store(store):
+        raise FeatstoreError(f"{store.url}: not a featstore store (no featstore root metadata)")
+    with writer_lock(store, note):
+        root, info = open_root(store, mode="r+", migrating=True)
+        if info.format_version == FORMAT_VERSION:
+            return 0
+        rejects = _manifest_rejects(root)
+        shards = root[SHARDS_GROUP]
+        assert isinstance(shards, zarr.Group)
+        converted = sum(_convert_shard(root, shard) for shard in shard_group_names(shards))
+        consolidate_index(store, root, rejects)
+        meta: dict[str, Any] = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
+        set_attribute(root, ROOT_KEY, {**meta, "format_version": FORMAT_VERSION})
+    return converted
+
+
+def _convert_shard(root: zarr.Group, shard: str) -> bool:
+    """Write a complete format-1 shard's rows as column arrays; False when there is nothing to convert."""
+    attributes = shard_attributes(root, shard)
+    if attributes is None or attributes.get("status") != "complete" or "rows" not in attributes:
+        return False
+    group = root[f"{SHARDS_GROUP}/{shard}"]
+    assert isinstance(group, zarr.Group)
+    write_columns(group, attributes["rows"])
+    set_attribute(group, SHARD_KEY, {key: value for key, value in attributes.items() if key != "rows"})
+    return True
+
+
+def _manifest_rejects(root: zarr.Group) -> list[Reject]:
+    """The rejects only the format-1 index knew (none when it is unreadable: a re-run of the ingest restores them)."""
+    try:
+        index: Any = root[INDEX_GROUP].attrs.get(INDEX_KEY)
+        return [Reject.from_json(reject) for reject in index["rejects"] if reject.get("shard") is None]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return []
