@@ -10,8 +10,8 @@ peak extra disk beyond the output, output bytes per audio hour. Then the store's
 `Wav2Vec2FeatureExtractor(do_normalize=True)` on the same decoded audio, and featstore ingest on
 fewer shards to show that its peak memory does not grow with the data. Targets: issue 2.
 
-    /work/venv311/bin/python bench/ingest.py --repeat 2            # the full run (~15 min here)
-    /work/venv311/bin/python bench/ingest.py --clips 12 --scale 2  # a quick check
+    python bench/ingest.py --repeat 2            # the full run (~15 min here)
+    python bench/ingest.py --clips 12 --scale 2  # a quick check
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scale", default="2,4", help="also ingest only this many shards (peak memory flatness)")
     parser.add_argument("--repeat", type=int, default=1, help="repeat (a), (b), (c); the best wall time is compared")
-    parser.add_argument("--bench-python", default="/work/venv-bench/bin/python", help="python with torchcodec 0.13")
+    parser.add_argument("--bench-python", default=".venv-bench/bin/python", help="python with torchcodec 0.13")
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--skip-snr", action="store_true")
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "ingest.json")

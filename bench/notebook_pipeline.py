@@ -15,7 +15,7 @@ Deviations, each needed to run it here and none making it slower:
 
 Runs in the separate venv that has torchcodec 0.13.0 (CPU), which datasets' Audio decodes with:
 
-    /work/venv-bench/bin/python bench/notebook_pipeline.py CORPUS_DIR/train_tarred --work DIR
+    .venv-bench/bin/python bench/notebook_pipeline.py CORPUS_DIR/train_tarred --work DIR
 """
 
 from __future__ import annotations

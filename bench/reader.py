@@ -10,8 +10,8 @@ Also: decompression amplification (samples decompressed / samples delivered, cou
 reader's chunk cache; 1.0 = every chunk decompressed once per epoch) and the process's RSS
 over the epoch (it must stay flat: the cache is bounded).
 
-    /work/venv311/bin/python bench/reader.py                  # builds a 2.8 h store if needed
-    /work/venv311/bin/python bench/reader.py --store feats.zarr
+    python bench/reader.py                  # builds a 2.8 h store if needed
+    python bench/reader.py --store feats.zarr
 """
 
 from __future__ import annotations

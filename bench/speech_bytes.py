@@ -8,7 +8,7 @@ range of browser recordings), then run through featstore's own path: `decode_cli
 and the SNR, against the 77 MB/h limit of issue 2 (a third of float32 Arrow's 230 MB/h).
 
     apt-get install espeak-ng
-    /work/venv311/bin/python bench/speech_bytes.py --minutes 10
+    python bench/speech_bytes.py --minutes 10
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ Peak RSS is the sum over the child process and its DataLoader worker, sampled ev
 `--train K` also times K training steps (forward, backward, AdamW) of the trainer's
 `tiny-random` Wav2Vec2ForCTC on CPU fed by each loader, and the time each step waited for data.
 
-    /work/venv311/bin/python bench/trainer_loader.py /tmp/proto/big.zarr --seconds 100 --train 10 \
+    python bench/trainer_loader.py /tmp/proto/big.zarr --seconds 100 --train 10 \
         --json bench/out/trainer-loader.json
 """
 

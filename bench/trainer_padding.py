@@ -13,7 +13,7 @@ number of batches per epoch):
 Padding fraction = 1 - sum(durations) / sum(longest in batch x batch size), over all batches of
 `--epochs` epochs (0, 1, ...), reported as mean and worst epoch.
 
-    /work/venv311/bin/python bench/trainer_padding.py /tmp/proto/big.zarr --seconds 50 100 200 \
+    python bench/trainer_padding.py /tmp/proto/big.zarr --seconds 50 100 200 \
         --json bench/out/trainer-padding.json
 """
 
