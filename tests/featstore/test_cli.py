@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,20 @@ def test_unreadable_shard_exits_non_zero_and_keeps_the_rest(corpus: SampleCorpus
     assert "FAILED       audio_1: audio_1.tar.xz: unreadable tar" in result.stdout
     info = json.loads(featstore("info", str(tmp_path / "p.zarr"), "--json").stdout)
     assert set(info["shards"]) == {"audio_0", "audio_2"}
+
+
+def test_output_into_a_closed_pipe_ends_quietly(ingested: tuple[Path, IngestSummary]) -> None:
+    """`featstore info STORE | head -1`: no `error:` line and no traceback when the reader has gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write now fails with EPIPE
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "featstore.cli", "info", str(ingested[0])],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1 and result.stderr == ""

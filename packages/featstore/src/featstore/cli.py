@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import os
 import re
 import signal
 import sys
@@ -58,6 +59,9 @@ def user_errors(command: F) -> F:
         except FeatstoreError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # `featstore info STORE | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(1)
         except OSError as error:
             click.echo(f"error: {describe_os_error(error)}", err=True)
             sys.exit(2)
