@@ -153,7 +153,7 @@ def quantize(normalized: np.ndarray) -> QuantizedClip:
     """
     if not normalized.size:
         return QuantizedClip(samples=np.zeros(0, dtype=np.int16), scale=QUANT_STEP)
-    peak = float(np.abs(normalized).max())
+    peak = max(float(normalized.max()), -float(normalized.min()))  # no |x| temporary
     deviation = float(np.sqrt(np.dot(normalized, normalized) / normalized.size))  # the mean is 0: BLAS, one pass
     scale = max(QUANT_STEP * deviation, peak / INT16_MAX) or QUANT_STEP  # an all-zero clip keeps the nominal step
     samples = np.round(normalized / np.float32(scale)).astype(np.int16)

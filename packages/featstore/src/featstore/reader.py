@@ -176,22 +176,22 @@ class FeatStore(Sequence[Utterance]):
             data = self._fs.cat_file(f"{self._root}/{key}")
         except FileNotFoundError:
             self._check_identity()
-            raise FeatstoreError(
-                f"{self.location.url}: shard {name}: audio chunk {key} is missing; "
-                f"run `featstore repair {self.location.url} --redo {name}`, then re-run the ingest"
-            ) from None
+            raise self._damaged(name, f"audio chunk {key} is missing") from None
         self._check_identity()
         try:
             samples = _decode_in_this_thread(self._codec, data)
             if samples.size != self.info.chunk_samples:
                 raise ValueError(f"{samples.size} samples, expected {self.info.chunk_samples}")
         except (RuntimeError, ValueError, TypeError) as error:  # Blosc says "error during blosc decompression: -1"
-            raise FeatstoreError(
-                f"{self.location.url}: shard {name}: audio chunk {key} is corrupt ({error}); "
-                f"run `featstore repair {self.location.url} --redo {name}`, then re-run the ingest"
-            ) from None
+            raise self._damaged(name, f"audio chunk {key} is corrupt ({error})") from None
         self._cache.put((shard, bucket, chunk), samples)
         return samples
+
+    def _damaged(self, shard: str, what: str) -> FeatstoreError:
+        return FeatstoreError(
+            f"{self.location.url}: shard {shard}: {what}; "
+            f"run `featstore repair {self.location.url} --redo {shard}`, then re-run the ingest"
+        )
 
     def _check(self, i: int) -> int:
         n = len(self)

@@ -67,6 +67,14 @@ def batch_size_options(command: F) -> F:
     )(command)
 
 
+def inference_options(command: F) -> F:
+    """--device and --workers, shared by evaluate, transcribe and score, which read a store through a run."""
+    command = click.option("--workers", type=click.IntRange(min=0), default=0, help="DataLoader worker processes.")(
+        command
+    )
+    return click.option("--device", type=DEVICES, default="auto", help="auto picks cuda, then mps, then cpu.")(command)
+
+
 def augment_options(command: F) -> F:
     """--augment-* and the SpecAugment masking options: what fit does to training audio."""
     options = [
@@ -305,8 +313,7 @@ def fit_command(
 @main.command("evaluate")
 @click.option("--store", required=True, type=PATH, help="Store with transcripts.")
 @click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
-@click.option("--device", type=DEVICES, default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=0)
+@inference_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_json: bool) -> None:
@@ -325,8 +332,7 @@ def evaluate_command(store: Path, run_dir: Path, device: str, workers: int, as_j
 @click.option("--store", required=True, type=PATH)
 @click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
 @click.option("--out", required=True, type=PATH, help="CSV to write: audio_filepath, manifest fields, prediction.")
-@click.option("--device", type=DEVICES, default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=0)
+@inference_options
 @user_errors
 def transcribe_command(store: Path, run_dir: Path, out: Path, device: str, workers: int) -> None:
     """Transcribe every utterance of a store (text may be empty) into a CSV."""
@@ -340,8 +346,7 @@ def transcribe_command(store: Path, run_dir: Path, out: Path, device: str, worke
 @click.option("--store", required=True, type=PATH, help="Store with transcripts.")
 @click.option("--run", "run_dir", required=True, type=PATH, help="Run directory written by trainer fit.")
 @click.option("--out", required=True, type=PATH, help="CSV to write, worst utterance first.")
-@click.option("--device", type=DEVICES, default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=0)
+@inference_options
 @user_errors
 def score_command(store: Path, run_dir: Path, out: Path, device: str, workers: int) -> None:
     """Score every utterance (CTC loss per character, greedy CER/WER), worst first, to find mislabels."""
