@@ -158,3 +158,13 @@ def test_console_script_prints_one_line_and_exits_nonzero(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing.zarr'}: no such store"]
+
+
+def test_an_output_the_system_refuses_is_one_line(stores, lora_run: Path) -> None:
+    """A run directory where none can be made, and a CSV into a read-only place: `error:`, exit 2."""
+    fit_result = invoke("fit", "--store", stores.small, "--out", "/proc/no-run-here", "--base-model", "tiny-random")
+    assert_user_error(fit_result, "/proc/no-run-here")
+    csv_result = invoke("transcribe", "--store", stores.small, "--run", lora_run, "--out", "/proc/predictions.csv")
+    assert csv_result.exit_code == 2 and "Traceback" not in csv_result.stderr  # (transformers' load bar before it)
+    last = csv_result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "/proc/predictions.csv" in last

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import os
@@ -20,7 +19,7 @@ _MASK = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 import click
 
 from featstore import __version__
-from featstore.errors import FeatstoreError
+from featstore.errors import FeatstoreError, describe_os_error
 from featstore.ingest import dask_client, default_workers, ingest
 from featstore.interrupts import held, ignore_in_worker_process
 from featstore.layout import FORMAT_VERSION, IngestSettings
@@ -45,8 +44,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = IngestSettings()
 # Below this a worker cannot hold one clip and its chunk buffers: Dask would restart it forever.
 MIN_MEMORY_LIMIT = 256 * 2**20
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def user_errors(command: F) -> F:
@@ -70,16 +67,6 @@ def user_errors(command: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
-
-
-def describe_os_error(error: OSError) -> str:
-    where = f"{error.filename}: " if error.filename else ""
-    what = error.strerror or str(error) or type(error).__name__
-    if error.errno in NO_SPACE:
-        return f"{where}{what}; what was complete is kept: free some space and re-run"
-    if error.errno in NO_PERMISSION:
-        return f"{where}{what}; check that you may write there"
-    return f"{where}{what}"
 
 
 class MemorySize(click.ParamType[str]):

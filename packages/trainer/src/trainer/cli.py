@@ -13,6 +13,7 @@ from typing import Any, TypeVar, get_args
 import click
 
 from featstore import FeatstoreError
+from featstore.errors import describe_os_error
 from featstore.storage import finite
 from trainer.augment import AugmentOptions
 from trainer.config import DEFAULT_BASE, BatchOptions, Device, FinetuneOptions, Method, RunConfig, Schedule, TextOptions
@@ -26,7 +27,7 @@ DEVICES = click.Choice(get_args(Device))
 
 
 def user_errors(command: F) -> F:
-    """Turn TrainerError / FeatstoreError into `error: ...` on stderr and exit 2, no traceback."""
+    """Turn TrainerError / FeatstoreError, and OSError, into `error: ...` on stderr and exit 2, no traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -34,6 +35,9 @@ def user_errors(command: F) -> F:
             return command(*args, **kwargs)
         except (TrainerError, FeatstoreError) as error:
             click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except OSError as error:  # what the system refuses: a missing parent, no permission, a full disk
+            click.echo(f"error: {describe_os_error(error)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo(
