@@ -30,7 +30,7 @@ import zarr
 
 from featstore.chunks import SHARDS_GROUP
 from featstore.columns import write_columns
-from featstore.index import consolidate_index, record_completed
+from featstore.index import CompleteShards, consolidate_index, record_completed
 from featstore.layout import IngestSettings, open_root, set_attribute
 from featstore.newstore import create_store
 from featstore.shardmeta import SHARD_KEY, ShardSummary, read_shard_summary
@@ -71,8 +71,8 @@ def build(out: Path, utterances: int, shards: int) -> list[float]:
     shards_group = root[SHARDS_GROUP]
     assert isinstance(shards_group, zarr.Group)
     rng = np.random.default_rng(0)
-    seen: dict[str, ShardSummary] = {}
-    consolidate_index(store, root, [], seen)  # as the ingest does once, before its first shard
+    complete = CompleteShards([])
+    consolidate_index(store, root, complete)  # as the ingest does once, before its first shard
     timings = []
     for shard_id, clips in enumerate(np.diff(np.linspace(0, utterances, shards + 1).astype(int))):
         name = f"audio_{shard_id}"
@@ -84,7 +84,7 @@ def build(out: Path, utterances: int, shards: int) -> list[float]:
         )  # type: ignore[arg-type]
         set_attribute(group, SHARD_KEY, summary.to_json())
         started = time.perf_counter()
-        record_completed(store, seen, name, summary, [])  # what the ingest client does when a shard completes
+        record_completed(store, complete, name, summary)  # what the ingest client does when a shard completes
         timings.append(time.perf_counter() - started)
     assert read_shard_summary(root, "audio_0") is not None
     return timings

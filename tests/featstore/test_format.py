@@ -3,6 +3,7 @@ and a format-1 store is refused with one line naming `featstore migrate`, which 
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from click.testing import CliRunner
 from featstore import open_store
 from featstore.cli import main
 from featstore.columns import NUMERIC_COLUMNS, ColumnReader
+from featstore.index import CompleteShards, read_index, record_completed
 from featstore.ingest import IngestSummary
-from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY
-from featstore.shardmeta import SHARD_KEY
+from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, open_root
+from featstore.shardmeta import SHARD_KEY, Reject, ShardSummary
+from featstore.storage import locate
 from featstore.verify import verify_store
 
 tensorstore = pytest.importorskip("tensorstore")
@@ -97,3 +100,21 @@ def test_a_format_1_store_is_refused_in_one_line_and_migrate_converts_it(store_c
     assert ([after.record(i) for i in range(len(after))], after.rejects, after.checksums) == expected
     assert verify_store(store_copy) == len(before)
     assert "converted 0 shard(s)" in CliRunner().invoke(main, ["migrate", str(store_copy)]).stdout
+
+
+def test_the_root_list_is_valid_json_in_shard_order_with_a_re_completed_shard_once(store_copy: Path) -> None:
+    """The list is joined from entries encoded once each: it must stay the JSON that zarr and
+    StoreIndex read, in natural shard order, with a shard completed twice (a redo) listed once."""
+    store = locate(store_copy)
+    complete = CompleteShards([Reject("gone.webm", "missing_audio", "not in any shard")])
+    for shard in ("audio_10", "audio_2", "audio_1", "audio_2"):
+        summary = ShardSummary({"size": len(shard)}, f"sha256:{shard}", len(shard), 16_000 * len(shard), ())
+        record_completed(store, complete, shard, summary)
+    metadata = json.loads((store_copy / INDEX_GROUP / "zarr.json").read_text())
+    assert metadata["node_type"] == "group"
+    root, _ = open_root(store)
+    index = read_index(root)
+    assert [entry.name for entry in index.shards] == ["audio_1", "audio_2", "audio_10"]
+    assert index == complete.index()
+    assert metadata["attributes"][INDEX_KEY] == index.to_json()
+    assert index.rejects[0].reason == "missing_audio"

@@ -19,7 +19,7 @@ from transformers import Wav2Vec2FeatureExtractor
 from featstore import open_store
 from featstore.audio import decode_clip, snr_db
 from featstore.errors import FeatstoreError
-from featstore.index import consolidate_index
+from featstore.index import CompleteShards, consolidate_index
 from featstore.ingest import IngestSummary
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, IngestSettings, open_root
 from featstore.sample import SampleCorpus, write_sample_corpus
@@ -288,7 +288,7 @@ def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -
 def test_reader_sees_completed_shards_only(store_copy: Path) -> None:
     root, _ = open_root(locate(store_copy), mode="r+")
     root["shards"]["audio_1"].attrs[SHARD_KEY] = {"status": "writing", "source": {}}
-    index = consolidate_index(locate(store_copy), root, [])
+    index = consolidate_index(locate(store_copy), root, CompleteShards([]))
     store = open_store(store_copy)
     assert store.shard_names == ["audio_0", "audio_2"] == [entry.name for entry in index.shards]
     assert len(store) == 5 + 12

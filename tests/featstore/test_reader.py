@@ -11,7 +11,7 @@ import pytest
 from featstore import FeatStore, open_store
 from featstore.audio import QuantizedClip, SourceLevels
 from featstore.chunks import CHUNK_SAMPLES
-from featstore.index import consolidate_index
+from featstore.index import CompleteShards, consolidate_index
 from featstore.ingest import IngestSummary
 from featstore.layout import IngestSettings, open_root
 from featstore.newstore import create_store
@@ -50,7 +50,7 @@ def test_utterances_spanning_chunks_read_back_exactly(tmp_path: Path) -> None:
     for n, samples in enumerate(clips):
         writer.add(QuantizedClip(samples, 0.5), SourceLevels(-20.0, 0.0), f"clip {n}", {"audio_filepath": f"{n}.webm"})
     writer.finish()
-    consolidate_index(locate(tmp_path / "s.zarr"), root, [])
+    consolidate_index(locate(tmp_path / "s.zarr"), root, CompleteShards([]))
     store = open_store(tmp_path / "s.zarr")
     spanning = (store.offsets % CHUNK_SAMPLES + store.lengths) > CHUNK_SAMPLES
     assert spanning.sum() >= 2

@@ -4,17 +4,20 @@
                                          "rejects": [the manifest-level rejects]}
 
 The list is O(shards) bytes, replaced whole (write-then-rename on local disks) when a shard
-completes, so a reader sees a shard completely or not at all, and the work per completed shard
-does not grow with the utterances already stored. The per-utterance columns live in each shard
+completes, so a reader sees a shard completely or not at all; it is joined from entries encoded
+once each (`CompleteShards`), so the work per completed shard does not grow with the utterances
+already stored, and barely with the shards. The per-utterance columns live in each shard
 group (featstore.columns); `load_columns` concatenates them into contiguous numpy arrays.
 It is derived data: `consolidate_index` rebuilds it from the shard groups (and `repair` does).
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,10 @@ class ShardEntry:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "clips": self.clips, "samples": self.samples, "checksum": self.checksum}
+
+    @classmethod
+    def of(cls, name: str, summary: ShardSummary) -> ShardEntry:
+        return cls(name, summary.clips, summary.samples, summary.checksum)
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> ShardEntry:
@@ -80,57 +87,77 @@ class IndexColumns:
     text_offsets: np.ndarray  # int64, len + 1
 
 
-def consolidate_index(
-    store: Location, root: zarr.Group, global_rejects: list[Reject], seen: dict[str, ShardSummary] | None = None
-) -> StoreIndex:
+class CompleteShards:
+    """The complete shards a writer knows of, in shard order, each with its list entry already in JSON.
+
+    Adding a shard is a sorted insert, and the root's list is the join of the entries' JSON, so
+    the work per completed shard stays flat as the list grows: encoding the whole list anew
+    each time made the 150th shard's update twice the first's.
+    """
+
+    def __init__(self, rejects: Sequence[Reject]) -> None:
+        self.rejects = tuple(rejects)
+        self.summaries: dict[str, ShardSummary] = {}
+        self._names: list[str] = []  # in natural order
+        self._entries: dict[str, str] = {}
+        self._rejects_json = dump_json([reject.to_json() for reject in self.rejects]).decode()
+
+    def add(self, name: str, summary: ShardSummary) -> None:
+        if name not in self.summaries:
+            bisect.insort(self._names, name, key=natural_key)
+        self.summaries[name] = summary
+        self._entries[name] = dump_json(ShardEntry.of(name, summary).to_json()).decode()
+
+    def replace_all(self, summaries: dict[str, ShardSummary]) -> None:
+        self.summaries, self._names, self._entries = {}, [], {}
+        for name, summary in summaries.items():
+            self.add(name, summary)
+
+    def index(self) -> StoreIndex:
+        entries = (ShardEntry.of(name, self.summaries[name]) for name in self._names)
+        return StoreIndex(tuple(entries), self.rejects)
+
+    def index_metadata(self) -> bytes:
+        """The index group's zarr.json, holding `StoreIndex.to_json()` as its attribute."""
+        shards = ",".join([self._entries[name] for name in self._names])
+        index = f'{{"shards":[{shards}],"rejects":{self._rejects_json}}}'
+        return f'{{"zarr_format":3,"node_type":"group","attributes":{{"{INDEX_KEY}":{index}}}}}'.encode()
+
+
+def consolidate_index(store: Location, root: zarr.Group, complete: CompleteShards) -> StoreIndex:
     """List every complete shard group, in shard order, and replace the root's list with it.
 
-    `seen` caches the summaries of shards already found complete, so that a later call reads
+    `complete` keeps the summaries of shards already found complete, so that a later call reads
     only new shards' small summaries; `record_completed` then needs no listing at all.
     """
-    seen = {} if seen is None else seen
     shards_group = root[SHARDS_GROUP]
     assert isinstance(shards_group, zarr.Group)
-    complete = {}
+    found = {}
     for shard in shard_group_names(shards_group):
-        summary = seen.get(shard) or read_shard_summary(root, shard)
+        summary = complete.summaries.get(shard) or read_shard_summary(root, shard)
         if summary is not None:
-            complete[shard] = summary
-    seen.clear()
-    seen.update(complete)
-    index = index_of(seen, global_rejects)
-    write_index(store, index)
-    return index
+            found[shard] = summary
+    complete.replace_all(found)
+    write_index(store, complete)
+    return complete.index()
 
 
-def record_completed(
-    store: Location, seen: dict[str, ShardSummary], shard: str, summary: ShardSummary, global_rejects: list[Reject]
-) -> StoreIndex:
-    """Add a shard that just completed to the root's list, from `seen` (filled by `consolidate_index`).
+def record_completed(store: Location, complete: CompleteShards, shard: str, summary: ShardSummary) -> None:
+    """Add a shard that just completed to the root's list (`complete` filled by `consolidate_index`).
 
-    The work is one sort and one write of O(shards) bytes, whatever the utterances already stored.
+    The work is one sorted insert and one write of O(shards) bytes, whatever the utterances
+    already stored, and nearly flat in the number of shards.
     """
-    seen[shard] = summary
-    index = index_of(seen, global_rejects)
-    write_index(store, index)
-    return index
+    complete.add(shard, summary)
+    write_index(store, complete)
 
 
-def index_of(complete: dict[str, ShardSummary], global_rejects: list[Reject]) -> StoreIndex:
-    entries = (
-        ShardEntry(name, complete[name].clips, complete[name].samples, complete[name].checksum)
-        for name in sorted(complete, key=natural_key)
-    )
-    return StoreIndex(tuple(entries), tuple(global_rejects))
-
-
-def write_index(store: Location, index: StoreIndex) -> None:
+def write_index(store: Location, complete: CompleteShards) -> None:
     """Replace the index group's metadata in one write (its directory recreated if it was lost)."""
     group = store.child(INDEX_GROUP)
     fs, path = group.filesystem()
     fs.makedirs(path, exist_ok=True)
-    meta = {"zarr_format": 3, "node_type": "group", "attributes": {INDEX_KEY: index.to_json()}}
-    group.child("zarr.json").write_atomic(dump_json(meta))
+    group.child("zarr.json").write_atomic(complete.index_metadata())
 
 
 def read_index(root: zarr.Group) -> StoreIndex:
@@ -199,7 +226,7 @@ def stored_shard_names(root: zarr.Group) -> list[str]:
     return sorted((name for name in _child_names(shards) if name != "zarr.json"), key=natural_key)
 
 
-@functools.lru_cache(maxsize=65_536)  # each completed shard re-sorts the list: parse each name once
+@functools.lru_cache(maxsize=65_536)  # sorted inserts compare each name many times: parse it once
 def natural_key(name: str) -> tuple[Any, ...]:
     """Sort 'audio_2' before 'audio_10'."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

@@ -27,7 +27,7 @@ from featstore import __version__
 from featstore.audio import SAMPLE_RATE, DecodeError, decode_clip, measure_levels, normalize, quantize
 from featstore.errors import FeatstoreError
 from featstore.guard import refuse_overlap, writable_store
-from featstore.index import StoreIndex, consolidate_index, record_completed
+from featstore.index import CompleteShards, StoreIndex, consolidate_index, record_completed
 from featstore.interrupts import cluster_starting, held
 from featstore.layout import IncompleteSettings, IngestSettings, open_root, record_sources, restore_settings
 from featstore.lock import WriterLock
@@ -334,8 +334,8 @@ def ingest(
         root, _ = open_root(store, mode="r+")
         todo = [s for s in selected if not is_complete(read_shard_summary(root, s.name), s.describe())]
         summary = IngestSummary(store=store.url, shards_skipped=[s.name for s in selected if s not in todo])
-        completed: dict[str, ShardSummary] = {}  # every complete shard: the index is rebuilt from it
-        consolidate_index(store, root, scan.rejects, completed)
+        completed = CompleteShards(scan.rejects)  # every complete shard: the index is rebuilt from it
+        consolidate_index(store, root, completed)
         if todo:
             _run_tasks(
                 todo,
@@ -353,8 +353,8 @@ def ingest(
                 completed,
                 lock,
             )
-        index = consolidate_index(store, root, scan.rejects, completed)
-    _fill_totals(summary, index, completed, store)
+        index = consolidate_index(store, root, completed)
+    _fill_totals(summary, index, completed.summaries, store)
     summary.wall_seconds = time.perf_counter() - started
     return summary
 
@@ -372,7 +372,7 @@ def _run_tasks(
     dashboard_address: str,
     echo: Callable[[str], None],
     show_progress: bool,
-    completed: dict[str, ShardSummary],
+    completed: CompleteShards,
     lock: WriterLock,
 ) -> None:
     from distributed import as_completed
@@ -407,7 +407,7 @@ def _run_tasks(
                 summary.shards_failed[shard.name] = result.reason
                 continue
             summary.shards_done.append(shard.name)
-            record_completed(out, completed, shard.name, result, scan.rejects)
+            record_completed(out, completed, shard.name, result)
             lock.refresh()
         client.unsubscribe_topic(PROGRESS_TOPIC)
         bar.close()

@@ -18,7 +18,7 @@ import zarr
 from featstore.chunks import SHARDS_GROUP
 from featstore.columns import write_columns
 from featstore.errors import FeatstoreError
-from featstore.index import consolidate_index, shard_group_names
+from featstore.index import CompleteShards, consolidate_index, shard_group_names
 from featstore.layout import FORMAT_VERSION, INDEX_GROUP, INDEX_KEY, ROOT_KEY, is_store, open_root, set_attribute
 from featstore.lock import writer_lock
 from featstore.shardmeta import SHARD_KEY, Reject, shard_attributes
@@ -38,7 +38,7 @@ def migrate_store(path: str | Path, note: Callable[[str], None] = print) -> int:
         shards = root[SHARDS_GROUP]
         assert isinstance(shards, zarr.Group)
         converted = sum(_convert_shard(root, shard) for shard in shard_group_names(shards))
-        consolidate_index(store, root, rejects)
+        consolidate_index(store, root, CompleteShards(rejects))
         meta: dict[str, Any] = dict(root.attrs[ROOT_KEY])  # type: ignore[arg-type]
         set_attribute(root, ROOT_KEY, {**meta, "format_version": FORMAT_VERSION})
     return converted

@@ -17,7 +17,7 @@ import zarr
 
 from featstore.chunks import SHARDS_GROUP
 from featstore.errors import FeatstoreError
-from featstore.index import consolidate_index, read_index, stored_shard_names
+from featstore.index import CompleteShards, consolidate_index, read_index, stored_shard_names
 from featstore.layout import is_store, open_root, set_attribute
 from featstore.lock import writer_lock
 from featstore.shardmeta import SHARD_KEY, shard_attributes
@@ -52,7 +52,7 @@ def repair_store(path: str | Path, redo: Iterable[str] = (), note: Callable[[str
             kept = True
         except FeatstoreError:
             rejects, kept = [], False
-        index = consolidate_index(store, root, rejects)
+        index = consolidate_index(store, root, CompleteShards(rejects))
         complete = [entry.name for entry in index.shards]
         left_out = [name for name in stored_shard_names(root) if name not in complete]
     return RepairReport(complete=complete, left_out=left_out, kept_manifest_rejects=kept)
