@@ -14,8 +14,9 @@ import zarr
 from click.testing import CliRunner
 
 from featstore import open_store
+from featstore.chunks import array_codec
 from featstore.cli import main
-from featstore.columns import NUMERIC_COLUMNS, ColumnReader
+from featstore.columns import NUMERIC_COLUMNS, TEXT_CHUNK_BYTES, ColumnReader, TextColumn, write_columns
 from featstore.index import CompleteShards, read_index, record_completed
 from featstore.ingest import IngestSummary
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, open_root
@@ -50,7 +51,7 @@ def test_tensorstore_reads_every_numeric_index_column(ingested: tuple[Path, Inge
 
 
 def downgrade_to_format_1(store: Path) -> None:
-    """Rewrite a format-2 store as format 1 (docs/FORMAT.md, "Format 1"): each shard's rows in its
+    """Rewrite a current store as format 1 (docs/FORMAT.md, "Format 1"): each shard's rows in its
     group's attributes, the whole index in one JSON attribute, column arrays absent."""
     root = zarr.open_group(str(store), mode="r+")
     old_index = root[INDEX_GROUP].attrs[INDEX_KEY]
@@ -102,6 +103,37 @@ def test_a_format_1_store_is_refused_in_one_line_and_migrate_converts_it(store_c
     assert "converted 0 shard(s)" in CliRunner().invoke(main, ["migrate", str(store_copy)]).stdout
 
 
+def downgrade_to_format_2(store: Path) -> None:
+    """Rewrite a current store as format 2 wrote it: each UTF-8 column one bit-shuffled chunk."""
+    root = zarr.open_group(str(store), mode="r+")
+    reader = ColumnReader(*_filesystem(store))
+    for entry in root[INDEX_GROUP].attrs[INDEX_KEY]["shards"]:  # type: ignore[call-overload,index]
+        group = root[f"shards/{entry['name']}"]
+        for name in ("text", "fields"):
+            data, _ = reader.ragged(entry["name"], name, entry["clips"])
+            group.create_array(  # type: ignore[union-attr]
+                name, data=data, chunks=(max(1, data.size),), compressors=[array_codec()], overwrite=True
+            )
+            assert len(list((store / "shards" / entry["name"] / name / "c").iterdir())) == 1
+    root.attrs[ROOT_KEY] = {**root.attrs[ROOT_KEY], "format_version": 2}  # type: ignore[dict-item]
+
+
+def test_a_format_2_store_is_refused_and_migrate_rechunks_its_texts(store_copy: Path) -> None:
+    before = open_store(store_copy)
+    expected = [before.record(i) for i in range(len(before))], before.rejects, before.checksums
+    downgrade_to_format_2(store_copy)
+    result = CliRunner().invoke(main, ["info", str(store_copy)])
+    assert result.exit_code == 2 and f"run `featstore migrate {store_copy}`" in result.stderr
+    result = CliRunner().invoke(main, ["migrate", str(store_copy)])
+    assert result.exit_code == 0 and "converted 3 shard(s); the store is format 3" in result.stdout, result.stderr
+    after = open_store(store_copy)
+    assert ([after.record(i) for i in range(len(after))], after.rejects, after.checksums) == expected
+    for name in after.shard_names:
+        text = zarr.open_array(str(store_copy / "shards" / name / "text"))
+        assert text.chunks == (TEXT_CHUNK_BYTES,) and text.compressors[0].shuffle.value == "noshuffle"
+    assert verify_store(store_copy) == len(before)
+
+
 def test_the_root_list_is_valid_json_in_shard_order_with_a_re_completed_shard_once(store_copy: Path) -> None:
     """The list is joined from entries encoded once each: it must stay the JSON that zarr and
     StoreIndex read, in natural shard order, with a shard completed twice (a redo) listed once."""
@@ -118,3 +150,35 @@ def test_the_root_list_is_valid_json_in_shard_order_with_a_re_completed_shard_on
     assert index == complete.index()
     assert metadata["attributes"][INDEX_KEY] == index.to_json()
     assert index.rejects[0].reason == "missing_audio"
+
+
+def test_texts_are_read_from_compressed_chunks_across_chunk_and_shard_boundaries(tmp_path: Path) -> None:
+    """Texts longer than a chunk, multi-byte characters cut by a chunk boundary, empty texts and a
+    shard without texts all read back exactly, one at a time, in any order, and all at once."""
+    rng = np.random.default_rng(3)
+    words = ["umwana", "amazi", "ŋoma", "ɓiri", "日本", "🎙️", ""]
+    shards = [
+        [" ".join(rng.choice(words, rng.integers(0, 40))) for _ in range(900)],
+        ["x" * (TEXT_CHUNK_BYTES + 5), "", "ɓ" * TEXT_CHUNK_BYTES, "end"],
+        [],
+    ]
+    root = zarr.open_group(str(tmp_path / "columns"), mode="w")
+    reader = ColumnReader(*_filesystem(tmp_path / "columns"))
+    chunks, bounds = [], []
+    for code, texts in enumerate(shards):
+        group = root.create_group(f"shards/s{code}")
+        rows: dict[str, list[Any]] = {name: [0] * len(texts) for name in NUMERIC_COLUMNS}
+        write_columns(group, {**rows, "text": texts, "fields": [{} for _ in texts]})
+        offsets = reader.numeric_offsets(f"s{code}", "text", len(texts))
+        chunks.append(reader.compressed_chunks(f"s{code}", "text", int(offsets[-1])))
+        bounds.append(offsets)
+    assert len(chunks[0]) > 3 and len(chunks[1]) > 3  # several chunks: boundaries are crossed
+    codes = np.repeat(np.arange(3, dtype=np.int16), [len(texts) for texts in shards])
+    column = TextColumn(codes, np.concatenate(bounds).astype(np.int32), chunks, reader.decode)
+    expected = [text for texts in shards for text in texts]
+    assert len(column) == len(expected)
+    for i in rng.permutation(len(expected)):
+        assert column[int(i)] == expected[i]
+    assert list(column) == expected and column == expected and column[-1] == "end"
+    with pytest.raises(IndexError):
+        column[len(expected)]

@@ -7,7 +7,7 @@ and the zarr array metadata the writer declares is built from the same definitio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numcodecs
 import numpy as np
@@ -50,6 +50,10 @@ def chunk_codec() -> numcodecs.Blosc:
     return numcodecs.Blosc(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=numcodecs.Blosc.BITSHUFFLE)
 
 
-def array_codec() -> BloscCodec:
-    """CODEC as zarr declares it in a bucket array's metadata (so other readers decode the same bytes)."""
-    return BloscCodec(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=CODEC["shuffle"])
+def array_codec(shuffle: Literal["noshuffle"] | None = None) -> BloscCodec:
+    """CODEC as zarr declares it in an array's metadata (so other readers decode the same bytes).
+
+    UTF-8 columns pass shuffle "noshuffle": bit-shuffling text costs half its compression.
+    Blosc records the shuffle in each chunk's header, so one decoder reads both.
+    """
+    return BloscCodec(cname=CODEC["cname"], clevel=CODEC["clevel"], shuffle=shuffle or CODEC["shuffle"])

@@ -394,7 +394,7 @@ def repair_command(store: str, redo: tuple[str, ...]) -> None:
 @click.argument("store")
 @user_errors
 def migrate_command(store: str) -> None:
-    """Convert a format-1 store to the current format in place (its audio is kept as it is)."""
+    """Convert a format-1 or format-2 store to the current format in place (its audio is kept as it is)."""
     converted = migrate_store(store, note=lambda line: click.echo(line, err=True))
     click.echo(f"converted {converted} shard(s); the store is format {FORMAT_VERSION}")
 

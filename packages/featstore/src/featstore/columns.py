@@ -1,27 +1,30 @@
-"""A shard's index rows as Zarr v3 arrays in its group (format 2): one 1-D array per column.
+"""A shard's index rows as Zarr v3 arrays in its group (formats 2 and 3): one 1-D array per column.
 
     shards/<shard>/bucket, offset, length             int32, int64, int64
     shards/<shard>/scale, level_db, clipping          float64 (the values the checksum hashed)
     shards/<shard>/text, fields                        uint8: UTF-8 bytes, all rows end to end
     shards/<shard>/text_offsets, fields_offsets        int64, clips + 1: row i is bytes [o[i], o[i+1])
 
-Each array is one chunk, Blosc-compressed with the store's codec, so any Zarr v3 reader
-(zarr-python, tensorstore) reads them; featstore's reader reads the chunk files directly, one
-file per column per shard, and keeps every column as one contiguous numpy array: no Python
-object per utterance. Texts and fields are UTF-8 bytes plus offsets rather than Zarr's
-variable-length strings (measured in docs/FORMAT.md).
+Each array is Blosc-compressed with the store's codec (UTF-8 ones without its bit shuffle), so
+any Zarr v3 reader (zarr-python, tensorstore) reads them. Every array is one chunk except `text`,
+chunked every TEXT_CHUNK_BYTES: featstore's reader keeps the texts in memory as those compressed
+chunks (`TextColumn`) and the numeric columns as contiguous numpy arrays, reading the chunk files
+directly: no Python object per utterance. Texts and fields are UTF-8 bytes plus offsets rather
+than Zarr's variable-length strings (measured in docs/FORMAT.md).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, overload
 
 import numpy as np
 import zarr
 
-from featstore.chunks import array_chunk_key, array_codec, chunk_codec
+from featstore.chunks import SHARDS_GROUP, array_chunk_key, array_codec, chunk_codec
 from featstore.errors import FeatstoreError
 from featstore.storage import dump_json
 
@@ -35,6 +38,9 @@ NUMERIC_COLUMNS: dict[str, np.dtype[Any]] = {
 }
 RAGGED_COLUMNS = ("text", "fields")
 OFFSETS_DTYPE = np.dtype("<i8")
+# Readers hold texts as these compressed chunks and decode one to read a text: about a third of
+# the texts' bytes in memory, ~10 us a text. Stores written before chunked texts hold one chunk.
+TEXT_CHUNK_BYTES = 16 * 2**10
 
 
 class DamagedColumn(FeatstoreError):
@@ -55,19 +61,29 @@ def write_columns(group: zarr.Group, columns: dict[str, list[Any]]) -> None:
         _write_array(group, name, np.asarray(columns[name], dtype=dtype))
     texts = {"text": columns["text"], "fields": [dump_json(fields).decode() for fields in columns["fields"]]}
     for name, values in texts.items():
-        data, offsets = pack_utf8(values)
-        _write_array(group, name, data)
-        _write_array(group, f"{name}_offsets", offsets)
+        _write_utf8(group, name, *pack_utf8(values))
 
 
-def _write_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
+def rewrite_utf8_columns(group: zarr.Group, reader: ColumnReader, shard: str, clips: int) -> None:
+    """Lay a shard's text and fields out anew as write_columns does (format 2 had unchunked,
+    bit-shuffled text); the bytes, and so the shard's checksum, stay the same."""
+    for name in RAGGED_COLUMNS:
+        _write_utf8(group, name, *reader.ragged(shard, name, clips))
+
+
+def _write_utf8(group: zarr.Group, name: str, data: np.ndarray, offsets: np.ndarray) -> None:
+    _write_array(group, name, data, TEXT_CHUNK_BYTES if name == "text" else None)
+    _write_array(group, f"{name}_offsets", offsets)
+
+
+def _write_array(group: zarr.Group, name: str, values: np.ndarray, chunk: int | None = None) -> None:
     array = group.create_array(
         name,
         shape=values.shape,
-        chunks=(max(1, values.size),),
+        chunks=(chunk or max(1, values.size),),
         dtype=values.dtype,
         fill_value=0,
-        compressors=[array_codec()],
+        compressors=[array_codec("noshuffle" if values.dtype == np.uint8 else None)],
         config={"write_empty_chunks": True},  # the reader reads chunk files directly: every one is there
         overwrite=True,  # a migration stopped half way writes the shard's columns again
     )
@@ -83,6 +99,10 @@ class ColumnReader:
         self._root = root_path.rstrip("/")
         self._codec = chunk_codec()
 
+    def decode(self, chunk: bytes | np.ndarray) -> bytes:
+        """One compressed chunk file's bytes (the store's Blosc codec)."""
+        return bytes(self._codec.decode(chunk))
+
     def numeric(self, shard: str, name: str, size: int) -> np.ndarray:
         return self._read(shard, name, size, NUMERIC_COLUMNS[name])
 
@@ -92,7 +112,28 @@ class ColumnReader:
 
     def utf8(self, shard: str, name: str, size: int) -> np.ndarray:
         """The `size` UTF-8 bytes of a text column."""
-        return self._read(shard, name, size, np.dtype(np.uint8))
+        chunks = self.compressed_chunks(shard, name, size)
+        try:
+            data = b"".join(self.decode(chunks.chunk(k)) for k in range(len(chunks)))
+        except (RuntimeError, ValueError) as error:
+            raise _unreadable(shard, name, error) from None
+        if len(data) != chunks.values_per_chunk * len(chunks):  # zarr fills the last chunk up to the chunk size
+            raise DamagedColumn(f"{shard}/{name}: column holds {len(data)} bytes, its offsets say {size}")
+        return np.frombuffer(data, dtype=np.uint8)[:size]
+
+    def compressed_chunks(self, shard: str, name: str, size: int) -> CompressedChunks:
+        """Every chunk file, as stored, of a 1-D column of `size` values."""
+        if size == 0:
+            return CompressedChunks(1, np.zeros(0, dtype=np.uint8), np.zeros(1, dtype=np.int64))
+        try:
+            metadata = json.loads(self._fs.cat_file(f"{self._root}/{SHARDS_GROUP}/{shard}/{name}/zarr.json"))
+            chunk = int(metadata["chunk_grid"]["configuration"]["chunk_shape"][0])
+            keys = [f"{self._root}/{array_chunk_key(shard, name, k)}" for k in range(-(-size // chunk))]
+            files = [self._fs.cat_file(key) for key in keys]
+            starts = np.concatenate([[0], np.cumsum([len(data) for data in files])]).astype(np.int64)
+            return CompressedChunks(chunk, np.frombuffer(b"".join(files), dtype=np.uint8), starts)
+        except (FileNotFoundError, KeyError, IndexError, TypeError, ValueError) as error:
+            raise _unreadable(shard, name, error) from None
 
     def ragged(self, shard: str, name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(UTF-8 bytes, offsets) of a text column of `size` rows."""
@@ -111,27 +152,60 @@ class ColumnReader:
         try:
             values = np.frombuffer(self._codec.decode(self._fs.cat_file(path)), dtype=dtype)
         except (FileNotFoundError, RuntimeError, ValueError) as error:
-            raise DamagedColumn(
-                f"{shard}/{name}: column unreadable ({type(error).__name__}); run `featstore verify`"
-            ) from None
+            raise _unreadable(shard, name, error) from None
         if values.size != size:
             raise DamagedColumn(f"{shard}/{name}: column holds {values.size} values, the index says {size}")
         return values
 
 
-class Utf8Column(Sequence[str]):
-    """Strings kept as one UTF-8 buffer plus offsets, decoded one at a time when asked for.
+@dataclass(frozen=True)
+class CompressedChunks:
+    """A column's chunk files end to end in one buffer: chunk `k` is `data[starts[k]:starts[k + 1]]`.
 
-    A list of str would be one Python object per utterance, whose reference counts forked
-    DataLoader workers touch, copying the memory pages that hold them into every worker.
+    One buffer rather than a bytes object per chunk: reading a chunk then touches no reference
+    count in it, so forked workers do not copy its pages.
     """
 
-    def __init__(self, data: np.ndarray, offsets: np.ndarray) -> None:
-        self._data = data
-        self._offsets = offsets
+    values_per_chunk: int
+    data: np.ndarray  # uint8
+    starts: np.ndarray  # int64, chunks + 1
 
     def __len__(self) -> int:
-        return int(self._offsets.size) - 1
+        return int(self.starts.size) - 1
+
+    def chunk(self, k: int) -> np.ndarray:
+        return self.data[self.starts.item(k) : self.starts.item(k + 1)]
+
+
+def _unreadable(shard: str, name: str, error: Exception) -> DamagedColumn:
+    return DamagedColumn(f"{shard}/{name}: column unreadable ({type(error).__name__}); run `featstore verify`")
+
+
+class TextColumn(Sequence[str]):
+    """Every shard's texts as the store holds them (compressed chunks of UTF-8), decoded per text.
+
+    A list of str would be one Python object per utterance, whose reference counts forked
+    DataLoader workers touch, copying the pages that hold them into every worker; the decoded
+    bytes would be about three times the compressed ones. `bounds` holds, shard after shard, each
+    shard's `clips + 1` text offsets, so text `i` of shard `code` spans bytes
+    `bounds[i + code]` to `bounds[i + code + 1]` of that shard's column.
+    """
+
+    def __init__(
+        self,
+        codes: np.ndarray,
+        bounds: np.ndarray,
+        chunks: list[CompressedChunks],
+        decode: Callable[[np.ndarray], bytes],
+    ) -> None:
+        self._codes = codes
+        self._bounds = bounds
+        self._chunks = chunks  # per shard
+        self._decode = decode
+        self._decoded: OrderedDict[tuple[int, int], bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self._codes.size)
 
     @overload
     def __getitem__(self, i: int) -> str: ...
@@ -143,17 +217,39 @@ class Utf8Column(Sequence[str]):
         if not -len(self) <= i < len(self):
             raise IndexError(f"text {i} out of range for {len(self)} texts")
         i = i % len(self)
-        return self._data[self._offsets[i] : self._offsets[i + 1]].tobytes().decode()
+        code = self._codes.item(i)
+        start, end = self._bounds.item(i + code), self._bounds.item(i + code + 1)
+        if start == end:
+            return ""
+        size = self._chunks[code].values_per_chunk
+        first, last = start // size, (end - 1) // size
+        pieces = b"".join(self._chunk(code, k) for k in range(first, last + 1))
+        return pieces[start - first * size : end - first * size].decode()
+
+    def _chunk(self, code: int, k: int) -> bytes:
+        """A decoded chunk; the last few are kept, since neighbouring texts share them."""
+        key = (code, k)
+        data = self._decoded.get(key)
+        if data is None:
+            data = self._decode(self._chunks[code].chunk(k))
+            self._decoded[key] = data
+            if len(self._decoded) > 8:
+                self._decoded.popitem(last=False)
+        return data
 
     def __iter__(self) -> Iterator[str]:
-        raw = self._data.tobytes()
-        bounds = self._offsets.tolist()
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            yield raw[start:end].decode()
+        counts = np.bincount(self._codes, minlength=len(self._chunks)).tolist()  # codes run in shard order
+        position = 0
+        for code, (chunks, count) in enumerate(zip(self._chunks, counts, strict=True)):
+            raw = b"".join(self._decode(chunks.chunk(k)) for k in range(len(chunks)))
+            bounds = self._bounds[position + code : position + code + count + 1].tolist()
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+                yield raw[start:end].decode()
+            position += count
 
     def __eq__(self, other: object) -> bool:
         """Equal to any list, tuple or column of the same strings (as the list it replaces was)."""
-        if isinstance(other, Utf8Column | list | tuple):
+        if isinstance(other, TextColumn | list | tuple):
             return list(self) == list(other)
         return NotImplemented
 

@@ -1,4 +1,4 @@
-"""The store's index (format 2): a small list of complete shards at the root, columns in the shards.
+"""The store's index (formats 2 and 3): a small list of complete shards at the root, columns in the shards.
 
     index/    attrs["featstore_index"]: {"shards": [{name, clips, samples, checksum}, ...],
                                          "rejects": [the manifest-level rejects]}
@@ -26,7 +26,7 @@ import zarr
 from zarr.core.sync import sync
 
 from featstore.chunks import SHARDS_GROUP
-from featstore.columns import NUMERIC_COLUMNS, OFFSETS_DTYPE, ColumnReader
+from featstore.columns import ColumnReader, TextColumn
 from featstore.errors import FeatstoreError
 from featstore.layout import INDEX_GROUP, INDEX_KEY
 from featstore.shardmeta import Reject, ShardSummary, read_shard_summary
@@ -74,17 +74,18 @@ class StoreIndex:
 
 @dataclass(frozen=True)
 class IndexColumns:
-    """Every complete shard's columns, concatenated in shard order: one contiguous array each."""
+    """What a reader needs of every utterance up front, concatenated in shard order.
 
-    shard: np.ndarray  # int32 code into StoreIndex.shards
+    Numbers in the narrowest type that holds them (offsets and lengths lie within one shard's
+    samples), so that a million utterances take 16 bytes each plus their compressed texts.
+    """
+
+    shard: np.ndarray  # code into StoreIndex.shards
     bucket: np.ndarray
     offset: np.ndarray
     length: np.ndarray
-    scale: np.ndarray
-    level_db: np.ndarray
-    clipping: np.ndarray
-    text_bytes: np.ndarray  # uint8, UTF-8 of every text end to end
-    text_offsets: np.ndarray  # int64, len + 1
+    scale: np.ndarray  # float32 (the stored float64 is what the checksum hashed)
+    texts: TextColumn
 
 
 class CompleteShards:
@@ -174,12 +175,8 @@ def read_index(root: zarr.Group) -> StoreIndex:
         ) from None
 
 
-# What readers hold in memory: the float columns as float32 (the stored float64 is what the checksum hashed).
-MEMORY_DTYPES = {**NUMERIC_COLUMNS, **{name: np.dtype(np.float32) for name in ("scale", "level_db", "clipping")}}
-
-
 def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
-    """Read every listed shard's columns (one file each) into arrays allocated once at their full size.
+    """Read every listed shard's columns (a file each) into arrays allocated once at their full size.
 
     Filling preallocated arrays, rather than concatenating per-shard parts, keeps the reader's
     memory at the columns themselves: no transient copies, no heap left fragmented by the parts.
@@ -188,25 +185,41 @@ def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
     reader = ColumnReader(fs, root_path)
     counts = np.array([entry.clips for entry in index.shards], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    total = int(starts[-1])
-    columns = {name: np.empty(total, dtype=dtype) for name, dtype in MEMORY_DTYPES.items()}
-    text_offsets = np.empty(total + 1, dtype=OFFSETS_DTYPE)
-    text_offsets[0] = 0
-    for entry, start in zip(index.shards, starts[:-1].tolist(), strict=True):
+    shard_codes = np.repeat(np.arange(len(index.shards), dtype=narrowest_int(len(index.shards))), counts)
+    widest = narrowest_int(max((entry.samples for entry in index.shards), default=0))
+    dtypes = {"bucket": np.dtype(np.int16), "offset": widest, "length": widest, "scale": np.dtype(np.float32)}
+    columns = {name: np.empty(int(starts[-1]), dtype=dtype) for name, dtype in dtypes.items()}
+    bounds = np.empty(int(starts[-1]) + len(index.shards), dtype=np.int32)  # widened if a shard's texts need it
+    chunks = []
+    for code, (entry, start) in enumerate(zip(index.shards, starts[:-1].tolist(), strict=True)):
         for name, column in columns.items():
             column[start : start + entry.clips] = reader.numeric(entry.name, name, entry.clips)
         offsets = reader.numeric_offsets(entry.name, "text", entry.clips)
-        text_offsets[start + 1 : start + entry.clips + 1] = offsets[1:] + text_offsets[start]
-    text_bytes = np.empty(int(text_offsets[-1]), dtype=np.uint8)
-    for entry, start in zip(index.shards, starts[:-1].tolist(), strict=True):
-        first, last = int(text_offsets[start]), int(text_offsets[start + entry.clips])
-        text_bytes[first:last] = reader.utf8(entry.name, "text", last - first)
-    return IndexColumns(
-        shard=np.repeat(np.arange(len(index.shards), dtype=np.int32), counts),
-        **columns,
-        text_bytes=text_bytes,
-        text_offsets=text_offsets,
-    )
+        if offsets[-1] > np.iinfo(bounds.dtype).max:
+            bounds = bounds.astype(np.int64)
+        bounds[start + code : start + code + entry.clips + 1] = offsets
+        chunks.append(reader.compressed_chunks(entry.name, "text", int(offsets[-1])))
+    return IndexColumns(shard=shard_codes, **columns, texts=TextColumn(shard_codes, bounds, chunks, reader.decode))
+
+
+def load_float_column(store: Location, index: StoreIndex, name: str) -> np.ndarray:
+    """One float column (`level_db`, `clipping`) of every listed shard, as float32: read when first asked for."""
+    fs, root_path = store.filesystem()
+    reader = ColumnReader(fs, root_path)
+    column = np.empty(sum(entry.clips for entry in index.shards), dtype=np.float32)
+    start = 0
+    for entry in index.shards:
+        column[start : start + entry.clips] = reader.numeric(entry.name, name, entry.clips)
+        start += entry.clips
+    return column
+
+
+def narrowest_int(largest: int) -> np.dtype[Any]:
+    """The smallest signed integer type that holds 0..largest (signed: arithmetic on it stays safe)."""
+    for dtype in (np.int16, np.int32):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 def shard_group_names(shards_group: zarr.Group) -> list[str]:

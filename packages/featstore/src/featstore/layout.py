@@ -21,8 +21,8 @@ from featstore.errors import FeatstoreError
 from featstore.storage import Location, dump_json
 
 FORMAT_NAME = "featstore"
-FORMAT_VERSION = 2
-MIGRATABLE_VERSIONS = (1,)  # `featstore migrate` converts these to FORMAT_VERSION
+FORMAT_VERSION = 3
+MIGRATABLE_VERSIONS = (1, 2)  # `featstore migrate` converts these to FORMAT_VERSION
 ROOT_KEY = "featstore"
 INDEX_KEY = "featstore_index"
 INDEX_GROUP = "index"

@@ -1,9 +1,10 @@
 """Reading a store: the index in memory, audio lazily, chunk by chunk, through a small cache.
 
 `open_store(path)` snapshots the root's list of complete shards (so a store still being ingested
-shows its completed shards only), holds their index columns as contiguous numpy arrays and their
-texts as one UTF-8 buffer (no Python object per utterance, so forked workers share the pages),
-reads manifest fields one shard at a time when a record is asked for, and reads audio chunks
+shows its completed shards only), holds the index columns a training reader needs as contiguous
+numpy arrays and the texts as their compressed chunks (no Python object per utterance, so forked
+workers share the pages), reads levels and clipping when first asked for and manifest fields one
+shard at a time when a record is asked for, and reads audio chunks
 straight from their files, decoding them with the store's Blosc codec: zarr's generic read path
 costs about three times as much per chunk. It holds no open file between reads, so it is safe to
 share with forked DataLoader workers. The store may be a local path or an fsspec URL.
@@ -24,9 +25,9 @@ import numcodecs.blosc
 import numpy as np
 
 from featstore.chunks import chunk_codec, chunk_key
-from featstore.columns import ColumnReader, Utf8Column
+from featstore.columns import ColumnReader
 from featstore.errors import FeatstoreError
-from featstore.index import load_columns, read_index
+from featstore.index import load_columns, load_float_column, read_index
 from featstore.layout import open_root
 from featstore.shardmeta import read_shard_summary
 from featstore.storage import Location, locate
@@ -64,9 +65,7 @@ class FeatStore(Sequence[Utterance]):
         self.offsets = columns.offset
         self.lengths = columns.length
         self.scales = columns.scale
-        self.levels_db = columns.level_db
-        self.clipping = columns.clipping
-        self.texts = Utf8Column(columns.text_bytes, columns.text_offsets)
+        self.texts = columns.texts
         self._shard_starts = np.searchsorted(self.shard_codes, np.arange(len(self.shard_names)))
         self._fields: tuple[int, list[dict[str, Any]]] = (-1, [])  # one shard's manifest fields, read on demand
         self._cache = _ChunkCache(cache_bytes)
@@ -84,6 +83,16 @@ class FeatStore(Sequence[Utterance]):
                 raise self._changed(f"shard {name} is gone or rewritten")
             rejects.extend(reject.to_json() for reject in summary.rejects)
         return rejects
+
+    @cached_property
+    def levels_db(self) -> np.ndarray:
+        """Each utterance's level (dBFS), read when first asked for: training needs none."""
+        return load_float_column(self.location, self._index, "level_db")
+
+    @cached_property
+    def clipping(self) -> np.ndarray:
+        """Each utterance's share of clipped samples, read when first asked for."""
+        return load_float_column(self.location, self._index, "clipping")
 
     @property
     def sample_rate(self) -> int:
