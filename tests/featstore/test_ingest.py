@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -271,7 +272,12 @@ def test_a_record_listed_twice_is_a_duplicate_reject(corpus: SampleCorpus, tmp_p
     manifest.write_text(manifest.read_text() + first_line + "\n")
     summary = quiet_ingest(copy, tmp_path / "s.zarr", shard_selection={1}, workers=1)
     assert summary.rejects == {"duplicate_record": 1, "bad_manifest_line": 1}  # bad line: shard 0's manifest
-    assert len(open_store(tmp_path / "s.zarr")) == 12
+    store = open_store(tmp_path / "s.zarr")
+    assert len(store) == 12
+    duplicates = [reject for reject in store.rejects if reject["reason"] == "duplicate_record"]
+    assert [(reject["shard"], reject["audio_filepath"]) for reject in duplicates] == [
+        ("audio_1", json.loads(first_line)["audio_filepath"])
+    ]  # found by the shard's own task, which keeps the first record
 
 
 def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -> None:

@@ -86,8 +86,8 @@ def test_records_are_routed_by_shard_id_across_manifests(tmp_path: Path) -> None
     )
     (tmp_path / "manifest_1.json").write_text('{"audio_filepath": "c.webm"}\n')
     manifests = (locate(tmp_path / "manifest_0.json"), locate(tmp_path / "manifest_1.json"))
-    assert set(records_for_shard(manifests, 1)) == {"a.webm", "c.webm"}  # c.webm: shard from its manifest's number
-    assert set(records_for_shard(manifests, 0)) == {"b.webm"}
+    assert set(records_for_shard(manifests, 1)[0]) == {"a.webm", "c.webm"}  # c.webm: shard from its manifest's number
+    assert set(records_for_shard(manifests, 0)[0]) == {"b.webm"}
     errors = [line for line in iter_manifest_lines(manifests) if line.record is None]
     assert [(e.source, e.error.split(" (")[0]) for e in errors] == [("manifest_0.json:3", "not valid JSON")]
 
@@ -104,3 +104,16 @@ def test_a_corrupt_tar_raises_unreadable_shard(tmp_path: Path) -> None:
     (tmp_path / "s_0.tar.xz").write_bytes(data[: len(data) // 2])
     with pytest.raises(UnreadableShard, match="unreadable tar"):
         list(iter_members(locate(tmp_path / "s_0.tar.xz"), max_bytes=10**6))
+
+
+def test_a_clip_listed_twice_keeps_its_first_record_and_returns_the_others(tmp_path: Path) -> None:
+    (tmp_path / "manifest_0.json").write_text(
+        '{"audio_filepath": "a.webm", "text": "one"}\n{"audio_filepath": "x/a.webm", "text": "two"}\n'
+        '{"audio_filepath": "b.webm", "text": "three"}\n{"audio_filepath": "a.webm", "text": "four"}\n'
+    )
+    records, duplicates = records_for_shard((locate(tmp_path / "manifest_0.json"),), 0)
+    assert {key: record["text"] for key, (_, record) in records.items()} == {"a.webm": "one", "b.webm": "three"}
+    assert [(source, record["text"]) for source, record in duplicates] == [
+        ("manifest_0.json:2", "two"),
+        ("manifest_0.json:4", "four"),
+    ]

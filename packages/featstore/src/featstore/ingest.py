@@ -125,8 +125,10 @@ def ingest_shard(
     Memory: the shard's manifest records, one clip, and the writer's chunk buffers.
     """
     root, _ = open_root(store, mode="r+")
-    records = records_for_shard(manifests, shard.shard_id)
+    records, duplicates = records_for_shard(manifests, shard.shard_id)
     writer = ShardWriter(store, root, shard.name, shard.describe())
+    for source, record in duplicates:
+        writer.reject(record["audio_filepath"], "duplicate_record", f"{source}: listed twice")
     report = report or _report_to_dask
     pending_clips, pending_seconds, last_report = 0, 0.0, time.monotonic()
     try:
@@ -141,7 +143,7 @@ def ingest_shard(
         return ShardFailed(str(error))
     for source, record in records.values():
         writer.reject(record["audio_filepath"], "missing_audio", f"{source}: clip not in {shard.location.name}")
-    report(pending_clips + len(records), pending_seconds)
+    report(pending_clips + len(records) + len(duplicates), pending_seconds)  # the scan counted them all
     return writer.finish()
 
 
@@ -193,13 +195,13 @@ def _report_to_dask(clips: int, seconds: float) -> None:
 
 
 def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> ManifestScan:
-    """Count clips per shard and find manifest-level rejects, one line at a time."""
+    """Count clips per shard and find manifest-level rejects, one line at a time, in memory that
+    does not grow with the clips (duplicates are each shard task's to find)."""
     known = {s.shard_id for s in corpus.shards}
     chosen = {s.shard_id for s in selected}
     clips: Counter[int] = Counter()
     seconds: dict[int, float] = defaultdict(float)
     rejects: list[Reject] = []
-    seen: set[tuple[int, str]] = set()
     for line in iter_manifest_lines(corpus.manifests):
         if line.record is None:
             rejects.append(Reject("", "bad_manifest_line", f"{line.source}: {line.error}"))
@@ -211,11 +213,6 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
             continue
         if shard_id not in chosen:
             continue
-        key = (shard_id, member_key(path))
-        if key in seen:
-            rejects.append(Reject(path, "duplicate_record", f"{line.source}: listed twice"))
-            continue
-        seen.add(key)
         clips[shard_id] += 1
         duration = line.record.get("duration")
         seconds[shard_id] += float(duration) if isinstance(duration, (int, float)) and math.isfinite(duration) else 0.0

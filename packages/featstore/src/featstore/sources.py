@@ -240,16 +240,28 @@ def member_key(name: str) -> str:
     return name.rsplit("/", 1)[-1]
 
 
-def records_for_shard(manifests: tuple[Location, ...], shard_id: int) -> dict[str, tuple[str, dict[str, Any]]]:
-    """member key -> (manifest line, record) for every record whose clip is in `shard_id`.
+ShardRecords = dict[str, tuple[str, dict[str, Any]]]
 
-    Duplicates keep the first record; the orchestrator reports the others.
+
+def records_for_shard(
+    manifests: tuple[Location, ...], shard_id: int
+) -> tuple[ShardRecords, list[tuple[str, dict[str, Any]]]]:
+    """member key -> (manifest line, record) for every record whose clip is in `shard_id`, and the
+    (line, record) of each later record of a clip already listed (the first one is kept).
+
+    Duplicates are found here, per shard, and not by the orchestrator: a set of every clip of the
+    corpus would make the client's memory grow with the corpus.
     """
-    records: dict[str, tuple[str, dict[str, Any]]] = {}
+    records: ShardRecords = {}
+    duplicates = []
     for line in iter_manifest_lines(manifests):
         if line.record is not None and record_shard(line.record, line.source) == shard_id:
-            records.setdefault(member_key(line.record["audio_filepath"]), (line.source, line.record))
-    return records
+            key = member_key(line.record["audio_filepath"])
+            if key in records:
+                duplicates.append((line.source, line.record))
+            else:
+                records[key] = (line.source, line.record)
+    return records, duplicates
 
 
 def _strip_suffix(name: str) -> str:
