@@ -94,6 +94,25 @@ class ZigZag:
         return (u >> 1).view("<i2") ^ -((u & 1).view("<i2"))
 
 
+class Int64Delta:
+    """numcodecs' Delta, undone as featstore's own reader could: widened to int64, summed in place.
+
+    Same bytes as `numcodecs.delta`. Its decode, numpy's int16 cumulative sum, took ~0.53 ms per
+    chunk here; int64 in place ~0.17 ms (a fresh output array adds page faults, ~1.3 ms).
+    """
+
+    def __init__(self) -> None:
+        self.codec = numcodecs.Delta(dtype="<i2")
+
+    def encode(self, buf: Any) -> Any:
+        return self.codec.encode(buf)
+
+    def decode(self, buf: Any, out: Any = None) -> np.ndarray:
+        wide = ensure_ndarray(buf).view("<i2").astype(np.int64)
+        np.cumsum(wide, out=wide)
+        return wide.astype(np.int16)  # modulo 2**16, as the differences wrapped
+
+
 class Flac:
     """FLAC through libsndfile (`soundfile`), one stream per chunk: the lossless audio reference point."""
 
@@ -187,6 +206,11 @@ def candidates() -> list[Candidate]:
         candidate("zigzag + zstd1 bitshuffle, 1 block", zigzag, blosc("zstd", 1, "bitshuffle", whole)),
         candidate("delta + today", delta(), today),
         candidate("delta + blosc zstd1 bitshuffle, 1 block", delta(), blosc("zstd", 1, "bitshuffle", whole)),
+        candidate(
+            "delta (int64 undo) + zstd1 bitshuffle, 1 block",
+            (Int64Delta(), delta()[1]),
+            blosc("zstd", 1, "bitshuffle", whole),
+        ),
         candidate("delta + blosc zstd1 byte shuffle", delta(), blosc("zstd", 1, "shuffle")),
         candidate(
             "delta x2 (FLAC order 2) + zstd1 bitshuffle, 1 block",
