@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numcodecs
 import numcodecs.blosc
@@ -78,10 +78,10 @@ class Stage(Protocol):
 
 
 class ZigZag:
-    """Signed residuals as unsigned by magnitude (0, -1, 1, -2, ...): a small negative has zero high bits.
+    """Signed values as unsigned by magnitude (0, -1, 1, -2, ...): a small negative has zero high bits.
 
-    In two's complement -1 is all ones, so after a delta the high bit planes that bit shuffle
-    hands to zstd are as random as the signs. No numcodecs or Zarr codec does this: as a codec it
+    In two's complement -1 is all ones, so the high bit planes that bit shuffle hands to zstd
+    follow the signs, of the samples or of a delta's residuals. No numcodecs or Zarr codec does this: as a codec it
     would be a custom one that zarr-python, tensorstore and every other reader lack.
     """
 
@@ -168,7 +168,9 @@ class Candidate:
         return ensure_ndarray(value).view("<f4" if self.floats else "<i2")
 
 
-def blosc(cname: str, clevel: int, shuffle: str, blocksize: int = 0) -> tuple[numcodecs.Blosc, BloscCodec]:
+def blosc(
+    cname: Literal["zstd", "lz4"], clevel: int, shuffle: Literal["bitshuffle", "shuffle"], blocksize: int = 0
+) -> tuple[numcodecs.Blosc, BloscCodec]:
     """A Blosc stage and its Zarr v3 declaration (`blocksize` in bytes; 0 lets Blosc choose)."""
     flag = {"bitshuffle": numcodecs.Blosc.BITSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE}[shuffle]
     stage = numcodecs.Blosc(cname=cname, clevel=clevel, shuffle=flag, blocksize=blocksize)
