@@ -442,10 +442,6 @@ def measure(chains: list[Candidate], chunks_of: Callable[[Candidate], list[np.nd
     return results
 
 
-def stored_size(chain: Candidate, chunks: list[np.ndarray]) -> int:
-    return sum(len(chain.encode(chunk)) for chunk in chunks)
-
-
 # --- independent readers -------------------------------------------------------------------------
 
 
@@ -509,14 +505,14 @@ def run_material(material: Material, chains: list[Candidate], passes: int, scrat
                      "readers": None if readers is None else readers.__dict__})  # fmt: skip
         print(f"  {chain.name}: {rows[-1]['mb_per_hour']:.1f} MB/h, decode {decode_rate:,.0f}", flush=True)
     sweep = []
-    by_name = {chain.name: chain for chain in chains}
+    swept = [chain for chain in chains if chain.name in SWEEP]
     for step in STEPS:
         q = today if step == QUANT_STEP else quantized(material, step)
         chunks = int_chunks if step == QUANT_STEP else stored_chunks(q.samples, material.arrays)
-        sizes = {name: stored_size(by_name[name], chunks) / 1e6 / hours for name in SWEEP}
-        sweep.append(
-            {"step": step, "snr_min_db": q.snr_min_db, "snr_overall_db": q.snr_overall_db, "mb_per_hour": sizes}
-        )
+        pairs = list(zip(swept, measure(swept, lambda chain: chunks, passes), strict=True))  # noqa: B023
+        sweep.append({"step": step, "snr_min_db": q.snr_min_db, "snr_overall_db": q.snr_overall_db,
+                      "mb_per_hour": {c.name: r.stored_bytes / 1e6 / hours for c, r in pairs},
+                      "decode_rate": {c.name: r.rates()[1] for c, r in pairs}})  # fmt: skip
     return {"name": material.name, "how": material.how, "clips": len(material.clips), "hours": hours,
             "chunks": len(int_chunks), "checks": material.checks, "rows": rows, "sweep": sweep}  # fmt: skip
 
@@ -618,14 +614,14 @@ def render_material(m: dict[str, Any]) -> Iterator[str]:
     yield ""
     yield (
         f"Quantization step (x the clip's deviation; {STEP_FOR_TARGET:.2e} gives {TARGET_SNR_DB:g} dB in theory), "
-        "MB per audio hour:"
+        "MB per audio hour (decode, thousands of audio-s per CPU-s):"
     )
     yield ""
     yield "| step | SNR theory | SNR min / overall dB | " + " | ".join(SWEEP) + " |"
     yield "|---|---|---|" + "---|" * len(SWEEP)
     for row in m["sweep"]:
         theory = 10 * math.log10(12 / row["step"] ** 2)
-        sizes = " | ".join(f"{row['mb_per_hour'][name]:.1f}" for name in SWEEP)
+        sizes = " | ".join(f"{row['mb_per_hour'][n]:.1f} ({row['decode_rate'][n] / 1000:.0f}k)" for n in SWEEP)
         yield f"| {row['step']:.2e} | {theory:.1f} | {row['snr_min_db']:.1f} / {row['snr_overall_db']:.1f} | {sizes} |"
 
 
