@@ -21,6 +21,7 @@ Materials, each through featstore's own `decode_clip` -> `normalize` -> quantiza
     pip install pcodec soundfile
     python bench/codecs.py --speech-minutes 30 --out bench/out/codecs.md
 
+About 16 minutes on two shared cores (load ~6); --passes 1 --speech-minutes 5 for a quick look.
 The output holds the tables and the run's facts; the recommendation is written by hand from them.
 """
 
