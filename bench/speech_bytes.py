@@ -61,6 +61,15 @@ def speak(text: str, voice: str, speed: int) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
+def speech_clip(rng: np.random.Generator, bitrate: int) -> np.ndarray:
+    """One random espeak-ng utterance with a -50 dB noise floor, as ingest decodes it from webm/opus."""
+    text = " ".join(rng.choice(WORDS, int(rng.integers(4, 16))))
+    audio, rate = speak(text, VOICES[int(rng.integers(len(VOICES)))], int(rng.integers(130, 190)))
+    rms = float(np.sqrt(np.mean(audio**2))) or 1e-3
+    audio = audio + rng.normal(0, rms * 10 ** (-50 / 20), audio.size).astype(np.float32)
+    return decode_clip(encode_webm_opus(soxr.resample(audio, rate, ENCODE_RATE), bitrate=bitrate))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -71,11 +80,7 @@ def main() -> None:
         stored, seconds, snrs, pending = 0, 0.0, [], []
         codec = chunk_codec()
         while seconds < args.minutes * 60:
-            text = " ".join(rng.choice(WORDS, int(rng.integers(4, 16))))
-            audio, rate = speak(text, VOICES[int(rng.integers(len(VOICES)))], int(rng.integers(130, 190)))
-            rms = float(np.sqrt(np.mean(audio**2))) or 1e-3
-            audio = audio + rng.normal(0, rms * 10 ** (-50 / 20), audio.size).astype(np.float32)
-            decoded = decode_clip(encode_webm_opus(soxr.resample(audio, rate, ENCODE_RATE), bitrate=bitrate))
+            decoded = speech_clip(rng, bitrate)
             reference = normalize(decoded)
             clip = quantize(reference)
             snrs.append(snr_db(reference, dequantize(clip.samples, clip.scale)))
