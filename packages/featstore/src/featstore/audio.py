@@ -17,10 +17,11 @@ SAMPLE_RATE = 16_000
 # Wav2Vec2FeatureExtractor(do_normalize=True) divides by sqrt(var + 1e-7).
 NORM_EPSILON = 1e-7
 # Quantization step in units of the normalized signal's standard deviation. Quantization
-# noise is step**2 / 12, so this step gives an SNR of 10*log10(12 / step**2) ~= 64.8 dB, above
-# the 60 dB target. Each halving of the step adds 6 dB and ~7 MB per stored audio hour: at 1e-3,
-# speech-like audio (bench/speech_bytes.py) needed ~80 MB/h, over the 77 MB/h budget.
-QUANT_STEP = 2.0e-3
+# noise is step**2 / 12, so this step gives an SNR of 10*log10(12 / step**2) ~= 62.8 dB, 2.8 dB
+# above the 60 dB target. Each halving of the step adds 6 dB and ~7 MB per stored audio hour:
+# on speech-like audio 2e-3 stored 68.0 MB/h, this 65.8, and 3.2e-3 (60.7 dB, the coarsest step
+# that kept every clip at 60 dB) 63.0 (bench/codecs.py, docs/CODECS.md).
+QUANT_STEP = 2.5e-3
 INT16_MAX = 32767
 # Float audio (wav, flac, ...) is passed through as stored. Full scale is 1.0; a sample beyond
 # 1000 (60 dB over full scale) is not a loud recording but a broken one, and its square would
