@@ -7,7 +7,8 @@ Per seed (`--seeds`, one by default):
    (`featstore sample`'s planting: another clip's transcript, or its own cut in half), new for
    each seed; one clean held-out corpus shared by all seeds; both ingested.
 2. `trainer fit` on everything for `--steps` (full fine-tuning of `--base`: tiny-random by
-   default, the settings that learn fast on a CPU, as in tests/trainer/test_learning.py), then
+   default, the settings that learn fast on a CPU, as in tests/trainer/test_learning.py; or
+   `--finetune lora`, the README's recipe for adapting models/tone-a to `--language b`), then
    `trainer score` on the training store, with that run or, with `--score-steps`, with a
    separate shorter fit (a model that has not yet memorised the wrong transcripts).
    Recall: the share of planted clips among the worst `--top` share of the table.
@@ -35,7 +36,23 @@ from typing import Any
 
 from featstore.sample import write_sample_corpus
 
-ALPHABET = "abcdefghij"
+ALPHABET = "abcdefghij"  # language a's letters the runs use (language b: its own ten)
+# `--finetune lora`: the README's recipe for adapting models/tone-a to language b.
+LORA_RECIPE = ["--finetune", "lora", "--lora-r", 8, "--lora-alpha", 16, "--lora-dropout", 0]
+LORA_RECIPE += ["--warmup-ratio", 0.1, "--schedule", "linear", "--freeze-feature-encoder"]
+SETTINGS = (
+    "language",
+    "shards",
+    "clips",
+    "dev_clips",
+    "mislabels",
+    "steps",
+    "score_steps",
+    "top",
+    "base",
+    "finetune",
+    "lr",
+)
 
 
 def command(name: str) -> str:
@@ -51,7 +68,7 @@ def run(*args: Any) -> str:
 
 
 def make_store(
-    work: Path, split: str, shards: int, clips: int, seed: int, mislabels: float
+    work: Path, split: str, shards: int, clips: int, seed: int, mislabels: float, language: str = "a"
 ) -> tuple[Path, dict[str, str]]:
     """Generate and ingest a corpus; return the store and its planted mislabels."""
     corpus = write_sample_corpus(
@@ -60,9 +77,10 @@ def make_store(
         clips_per_shard=clips,
         seed=seed,
         defects=False,
-        alphabet=ALPHABET,
+        alphabet=ALPHABET if language == "a" else None,
         split=split,
         words=(1, 3),
+        language=language,
         mislabels=mislabels,
     )
     store = work / f"{split}.zarr"
@@ -89,7 +107,9 @@ def fit(store: Path, dev: Path, out: Path, steps: int, *extra: Any, base: str = 
 
 
 def held_out(run_dir: Path, dev: Path) -> dict[str, float]:
-    return dict(json.loads(run(command("trainer"), "evaluate", "--store", dev, "--run", run_dir, "--json"))["model"])
+    """Held-out scores of the run's final model (with its adapter, for a LoRA run)."""
+    scores = json.loads(run(command("trainer"), "evaluate", "--store", dev, "--run", run_dir, "--json"))
+    return dict(scores.get("adapter", scores.get("model")))
 
 
 def train_seed(seed: int) -> int:
@@ -107,8 +127,8 @@ def read_scores(store: Path, run_dir: Path, out: Path) -> list[dict[str, str]]:
 def one_seed(args: argparse.Namespace, seed: int, dev: Path) -> dict[str, Any]:
     """Steps 1-3 for one seed: its own corpus, scoring fit, and the two fits compared."""
     work = args.work / f"seed{seed}"
-    train, planted = make_store(work, "train", args.shards, args.clips, train_seed(seed), args.mislabels)
-    options = ["--lr", args.lr, "--seed", seed]
+    train, planted = make_store(work, "train", args.shards, args.clips, train_seed(seed), args.mislabels, args.language)
+    options = [*(LORA_RECIPE if args.finetune == "lora" else []), "--lr", args.lr, "--seed", seed]
     everything = work / "run-everything"
     seconds_everything = fit(train, dev, everything, args.steps, *options, base=args.base)
     scorer = everything
@@ -174,20 +194,19 @@ def main() -> None:
     parser.add_argument("--cer-above", type=float, default=0.5, help="with --select cer: the CER threshold")
     parser.add_argument("--base", default="tiny-random", help="what every fit starts from, e.g. models/tone-a")
     parser.add_argument("--lr", default="1e-3")
+    parser.add_argument("--language", choices=["a", "b"], default="a", help="the corpora's sample language")
+    parser.add_argument("--finetune", choices=["full", "lora"], default="full", help="lora: the README's recipe")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
-    dev, _ = make_store(args.work, "dev", 1, args.dev_clips, seed=12, mislabels=0.0)
+    dev, _ = make_store(args.work, "dev", 1, args.dev_clips, seed=12, mislabels=0.0, language=args.language)
     results = []
     for seed in args.seeds:
         results.append(one_seed(args, seed, dev))
         print(json.dumps(results[-1]), flush=True)
     result = {
-        "settings": {
-            name: getattr(args, name)
-            for name in ("shards", "clips", "dev_clips", "mislabels", "steps", "score_steps", "top", "base", "lr")
-        }
+        "settings": {name: getattr(args, name) for name in SETTINGS}
         | {"select": args.select if args.select == "top" else f"cer > {args.cer_above}"},
         "held_out_utterances": results[0]["held_out_everything"]["utterances"],
         "seeds": results,
