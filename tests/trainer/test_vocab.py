@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from featstore import open_store
 from trainer.config import normalize_text
 from trainer.errors import TrainerError
+from trainer.inference import greedy_ids, output_frames
+from trainer.model import build_tiny_random
 from trainer.vocab import (
     PAD,
     UNK,
@@ -17,6 +20,7 @@ from trainer.vocab import (
     build_processor,
     build_vocab,
     decode_labels,
+    decode_predictions,
     encode_labels,
     encode_texts,
     load_processor,
@@ -63,3 +67,19 @@ def test_encode_texts_gives_the_tokenizers_ids(stores, tmp_path: Path) -> None:
         assert [ids[offsets[i] : offsets[i + 1]].tolist() for i in range(len(batch))] == [
             encode_labels(processor, text) for text in batch
         ]
+
+
+def test_greedy_decoding_reads_each_row_only_up_to_its_own_frames(tmp_path: Path) -> None:
+    vocab = build_vocab(["ab"])
+    processor = build_processor(vocab, tmp_path)
+    model = build_tiny_random(len(vocab), vocab[PAD], seed=0)
+    mask = torch.zeros((2, 16_000), dtype=torch.bool)
+    mask[0, :] = True
+    mask[1, :8_000] = True  # the second row is padded to the first's length
+    frames = output_frames(model, mask).tolist()
+    assert frames[1] < frames[0]
+    logits = torch.zeros((2, frames[0], len(vocab)))
+    logits[:, :, vocab[PAD]] = 1.0  # blank everywhere...
+    logits[0, 0, vocab["a"]] = logits[1, 0, vocab["b"]] = 2.0  # ...but one letter per row
+    logits[1, frames[1], vocab["a"]] = 2.0  # and a letter on a padded frame, past the second row's audio
+    assert decode_predictions(processor, greedy_ids(model, logits, mask)) == ["a", "b"]

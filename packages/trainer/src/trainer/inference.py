@@ -40,12 +40,29 @@ def transcribe_batches(
     model.eval()
     results: list[Transcript] = []
     for batch in batches:
-        logits = model(**model_inputs(batch, device, labels=False)).logits
-        predictions = decode_predictions(processor, logits.argmax(dim=-1).cpu().tolist())
+        inputs = model_inputs(batch, device, labels=False)
+        logits = model(**inputs).logits
+        predictions = decode_predictions(processor, greedy_ids(model, logits, inputs["attention_mask"]))
         for index, labels, prediction in zip(batch.indices.tolist(), batch.labels.tolist(), predictions, strict=True):
             results.append(Transcript(index, decode_labels(processor, labels), prediction))
     model.train(was_training)
     return results
+
+
+def output_frames(model: torch.nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """Each row's count of output frames, from its (rows, samples) attention mask."""
+    return model._get_feat_extract_output_lengths(mask.sum(-1)).to(torch.long)  # type: ignore[operator]
+
+
+def greedy_ids(model: torch.nn.Module, logits: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Each row's argmax token ids over its own frames only.
+
+    The frames past a padded row's audio were never trained (the CTC loss stops at each row's
+    length), and their argmax can be a letter: decoded, they would add text that depends on
+    which longer utterance shared the batch.
+    """
+    ids = logits.argmax(dim=-1).cpu().tolist()
+    return [row[:frames] for row, frames in zip(ids, output_frames(model, mask).tolist(), strict=True)]
 
 
 @dataclass(frozen=True)

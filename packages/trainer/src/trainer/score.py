@@ -26,7 +26,7 @@ from transformers import Wav2Vec2Processor
 
 from featstore import FeatStore
 from trainer.data import Batch, StoreDataset, make_loader, model_inputs
-from trainer.inference import pick_device
+from trainer.inference import greedy_ids, output_frames, pick_device
 from trainer.run import load_trained, write_atomic
 from trainer.stores import open_checked
 from trainer.vocab import decode_labels, decode_predictions
@@ -72,7 +72,7 @@ def score_batch(
     labels = inputs.pop("labels")
     logits = model(**inputs).logits
     losses = ctc_losses(model, logits, inputs["attention_mask"], labels, processor.tokenizer.pad_token_id)
-    hypotheses = decode_predictions(processor, logits.argmax(dim=-1).cpu().tolist())
+    hypotheses = decode_predictions(processor, greedy_ids(model, logits, inputs["attention_mask"]))
     rows = []
     for row, index in enumerate(batch.indices.tolist()):
         reference = decode_labels(processor, batch.labels[row].tolist())
@@ -102,7 +102,7 @@ def ctc_losses(
 
     Not reduced and not zeroed: a transcript longer than the audio's frames allow gets inf.
     """
-    frames = model._get_feat_extract_output_lengths(mask.sum(-1)).to(torch.long)  # type: ignore[operator]
+    frames = output_frames(model, mask)
     targets = labels >= 0
     log_probs = torch.nn.functional.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
     with torch.backends.cudnn.flags(enabled=False):
