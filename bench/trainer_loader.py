@@ -199,7 +199,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
         t_dataset = time.perf_counter()
         augmenter = None
-        if args.child == "ours-augmented":
+        if path == "ours-augmented":  # also "ours-augmented-w2"
             from trainer.augment import Augmenter, AugmentOptions
             from trainer.config import BatchOptions
             from trainer.data import training_sampler
