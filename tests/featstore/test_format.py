@@ -48,6 +48,9 @@ def test_tensorstore_reads_every_numeric_index_column(ingested: tuple[Path, Inge
             np.testing.assert_array_equal(theirs, ours)
     texts = [read_with_tensorstore(ingested[0] / "shards" / s / "text").tobytes().decode() for s in store.shard_names]
     assert "".join(texts) == "".join(store.texts)
+    # held narrower than stored, never so narrow that sample arithmetic wraps
+    assert (store.shard_codes.dtype, store.buckets.dtype) == (np.int16, np.int16)
+    assert store.offsets.dtype == store.lengths.dtype == np.int32
 
 
 def downgrade_to_format_1(store: Path) -> None:

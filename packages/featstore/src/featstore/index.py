@@ -186,7 +186,7 @@ def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
     counts = np.array([entry.clips for entry in index.shards], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     shard_codes = np.repeat(np.arange(len(index.shards), dtype=narrowest_int(len(index.shards))), counts)
-    widest = narrowest_int(max((entry.samples for entry in index.shards), default=0))
+    widest = narrowest_int(max((entry.samples for entry in index.shards), default=0), at_least=np.int32)
     dtypes = {"bucket": np.dtype(np.int16), "offset": widest, "length": widest, "scale": np.dtype(np.float32)}
     columns = {name: np.empty(int(starts[-1]), dtype=dtype) for name, dtype in dtypes.items()}
     bounds = np.empty(int(starts[-1]) + len(index.shards), dtype=np.int32)  # widened if a shard's texts need it
@@ -214,10 +214,11 @@ def load_float_column(store: Location, index: StoreIndex, name: str) -> np.ndarr
     return column
 
 
-def narrowest_int(largest: int) -> np.dtype[Any]:
-    """The smallest signed integer type that holds 0..largest (signed: arithmetic on it stays safe)."""
+def narrowest_int(largest: int, at_least: type[np.signedinteger[Any]] = np.int16) -> np.dtype[Any]:
+    """The smallest signed integer type, from `at_least` up, that holds 0..largest (signed, so that
+    differences stay safe; sample counts start at int32, so that sums of a few do not wrap)."""
     for dtype in (np.int16, np.int32):
-        if largest <= np.iinfo(dtype).max:
+        if np.iinfo(dtype).bits >= np.iinfo(at_least).bits and largest <= np.iinfo(dtype).max:
             return np.dtype(dtype)
     return np.dtype(np.int64)
 
