@@ -193,7 +193,7 @@ def main() -> None:
         "load_average": os.getloadavg()[0],
         "psutil": psutil.__version__,
     }
-    print(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1, allow_nan=False))
     if args.out is None:
         shutil.rmtree(folder)
 

@@ -131,7 +131,7 @@ def main() -> None:
         command += ["--workers", "2", "--min-duration", "0.01", "--no-progress"]
         result = {"utterances": utterances, "shards": args.shards, "corpus_seconds": round(written, 1)}
         result.update(peak_rss(command))
-        print(json.dumps(result), flush=True)
+        print(json.dumps(result, allow_nan=False), flush=True)
         results.append(result)
         shutil.rmtree(folder)
     first, last = results[0], results[-1]
@@ -141,10 +141,11 @@ def main() -> None:
         "tree_growth_mb": round(last["tree_peak_mb"] - first["tree_peak_mb"], 1),
         "load_average": psutil.getloadavg()[0],
     }
-    print(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1, allow_nan=False)
+    print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1))
+        args.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":
