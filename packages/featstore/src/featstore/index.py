@@ -77,7 +77,8 @@ class IndexColumns:
     """What a reader needs of every utterance up front, concatenated in shard order.
 
     Numbers in the narrowest type that holds them (offsets and lengths lie within one shard's
-    samples), so that a million utterances take 16 bytes each plus their compressed texts.
+    samples), so that a million utterances take 20 bytes each (text offsets included) plus
+    their compressed texts.
     """
 
     shard: np.ndarray  # code into StoreIndex.shards
@@ -181,37 +182,43 @@ def load_columns(store: Location, index: StoreIndex) -> IndexColumns:
     Filling preallocated arrays, rather than concatenating per-shard parts, keeps the reader's
     memory at the columns themselves: no transient copies, no heap left fragmented by the parts.
     """
-    fs, root_path = store.filesystem()
-    reader = ColumnReader(fs, root_path)
-    counts = np.array([entry.clips for entry in index.shards], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    shard_codes = np.repeat(np.arange(len(index.shards), dtype=narrowest_int(len(index.shards))), counts)
-    widest = narrowest_int(max((entry.samples for entry in index.shards), default=0), at_least=np.int32)
-    dtypes = {"bucket": np.dtype(np.int16), "offset": widest, "length": widest, "scale": np.dtype(np.float32)}
-    columns = {name: np.empty(int(starts[-1]), dtype=dtype) for name, dtype in dtypes.items()}
-    bounds = np.empty(int(starts[-1]) + len(index.shards), dtype=np.int32)  # widened if a shard's texts need it
-    chunks = []
-    for code, (entry, start) in enumerate(zip(index.shards, starts[:-1].tolist(), strict=True)):
-        for name, column in columns.items():
-            column[start : start + entry.clips] = reader.numeric(entry.name, name, entry.clips)
-        offsets = reader.numeric_offsets(entry.name, "text", entry.clips)
-        if offsets[-1] > np.iinfo(bounds.dtype).max:
-            bounds = bounds.astype(np.int64)
-        bounds[start + code : start + code + entry.clips + 1] = offsets
-        chunks.append(reader.compressed_chunks(entry.name, "text", int(offsets[-1])))
-    return IndexColumns(shard=shard_codes, **columns, texts=TextColumn(shard_codes, bounds, chunks, reader.decode))
+    reader = ColumnReader(*store.filesystem())
+    counts = [entry.clips for entry in index.shards]
+    codes = np.repeat(np.arange(len(counts), dtype=narrowest_int(len(counts))), counts)
+    samples = narrowest_int(max((entry.samples for entry in index.shards), default=0), at_least=np.int32)
+    dtypes = {"bucket": np.dtype(np.int16), "offset": samples, "length": samples, "scale": np.dtype(np.float32)}
+    columns = {name: read_column(reader, index, name, dtype) for name, dtype in dtypes.items()}
+    return IndexColumns(shard=codes, **columns, texts=_load_texts(reader, index, codes))
 
 
 def load_float_column(store: Location, index: StoreIndex, name: str) -> np.ndarray:
     """One float column (`level_db`, `clipping`) of every listed shard, as float32: read when first asked for."""
-    fs, root_path = store.filesystem()
-    reader = ColumnReader(fs, root_path)
-    column = np.empty(sum(entry.clips for entry in index.shards), dtype=np.float32)
+    return read_column(ColumnReader(*store.filesystem()), index, name, np.dtype(np.float32))
+
+
+def read_column(reader: ColumnReader, index: StoreIndex, name: str, dtype: np.dtype[Any]) -> np.ndarray:
+    """One numeric column of every listed shard, end to end, in `dtype`."""
+    column = np.empty(sum(entry.clips for entry in index.shards), dtype=dtype)
     start = 0
     for entry in index.shards:
         column[start : start + entry.clips] = reader.numeric(entry.name, name, entry.clips)
         start += entry.clips
     return column
+
+
+def _load_texts(reader: ColumnReader, index: StoreIndex, codes: np.ndarray) -> TextColumn:
+    """Each shard's text offsets (`clips + 1` a shard, end to end) and its compressed text chunks."""
+    bounds = np.empty(codes.size + len(index.shards), dtype=np.int32)  # widened if a shard's texts need it
+    chunks = []
+    start = 0
+    for entry in index.shards:
+        offsets = reader.numeric_offsets(entry.name, "text", entry.clips)
+        if offsets[-1] > np.iinfo(bounds.dtype).max:
+            bounds = bounds.astype(np.int64)
+        bounds[start : start + entry.clips + 1] = offsets
+        start += entry.clips + 1
+        chunks.append(reader.compressed_chunks(entry.name, "text", int(offsets[-1])))
+    return TextColumn(codes, bounds, chunks, reader.decode)
 
 
 def narrowest_int(largest: int, at_least: type[np.signedinteger[Any]] = np.int16) -> np.dtype[Any]:
