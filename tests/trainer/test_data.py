@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from featstore import open_store
+from trainer import handoff
 from trainer.config import BatchOptions, TextOptions
 from trainer.data import IGNORE_INDEX, Item, StoreDataset, collate, make_loader, model_inputs
 from trainer.model import build_tiny_random
@@ -133,3 +134,51 @@ def test_dataset_pickles_without_its_reader(stores, dataset: StoreDataset) -> No
     clone = pickle.loads(pickle.dumps(dataset))
     assert clone._store is None
     assert np.array_equal(clone[3].audio, dataset[3].audio)
+
+
+def _assert_batch_is_the_stores_audio(store, batch) -> None:
+    for row, index in enumerate(batch.indices.tolist()):
+        length = int(store.lengths[index])
+        assert np.array_equal(batch.audio[row, :length].numpy(), store.raw_audio(index))
+        assert not batch.audio[row, length:].any()  # a reused buffer's old samples never show as padding
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_reuse_a_few_shared_buffers_and_send_each_once(stores, dataset: StoreDataset, workers: int) -> None:
+    store = open_store(stores.train)
+    loader = make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=6), workers=workers)
+    for epoch in range(2):  # each iteration starts new workers with a new table of buffers
+        leases = []
+        for batch in loader:
+            _assert_batch_is_the_stores_audio(store, batch)
+            leases.append(batch.lease)
+            model_inputs(batch, "cpu")  # copies the audio out and gives the buffer back
+        assert len(leases) >= 12 and all(lease is not None for lease in leases), epoch
+        buffers = {(lease.worker, lease.index) for lease in leases}
+        sent = [lease for lease in leases if lease.new_buffer is not None]
+        assert len(buffers) <= workers * handoff.BUFFERS_PER_WORKER
+        assert len(sent) <= len(leases) // 3  # once per buffer, again only when a batch outgrows it
+        assert len({lease.table for lease in leases}) == 1
+
+
+def test_batches_held_without_model_inputs_are_never_overwritten(stores, dataset: StoreDataset) -> None:
+    """A consumer that keeps every batch: once a worker's buffers are all taken it sends fresh tensors."""
+    store = open_store(stores.train)
+    loader = make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=6), workers=1)
+    held = list(loader)
+    assert sum(batch.lease is not None for batch in held) == handoff.BUFFERS_PER_WORKER < len(held)
+    for batch in held:
+        _assert_batch_is_the_stores_audio(store, batch)
+
+
+def test_an_iteration_left_early_leaves_the_next_one_correct(stores, dataset: StoreDataset) -> None:
+    store = open_store(stores.train)
+    loader = make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=6), workers=1)
+    first = iter(loader)
+    kept = next(first)  # never released, its iterator abandoned mid-epoch
+    for batch in loader:
+        _assert_batch_is_the_stores_audio(store, batch)
+        assert batch.lease is not None and batch.lease.table != kept.lease.table
+        model_inputs(batch, "cpu")
+    _assert_batch_is_the_stores_audio(store, kept)
+    model_inputs(kept, "cpu")  # releasing into the old table touches nothing of the new one
