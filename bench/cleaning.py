@@ -17,7 +17,9 @@ Per seed (`--seeds`, one by default):
    with the same `--seed`. Both runs evaluated on the held-out store (`trainer evaluate`).
 
 With several seeds the result has the paired differences (cleaned minus everything) of held-out
-CER and WER, their mean and median, and how many seeds cleaning wins.
+CER and WER, their mean and median, and how many seeds cleaning wins. `--control` adds a third
+fit per seed that leaves out as many random clean clips instead (the planted ones kept): what
+a smaller corpus does on its own, to hold the cleaned run's gain against.
 
     OMP_NUM_THREADS=1 python bench/cleaning.py --work /tmp/cleaning --json bench/out/cleaning.json
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -52,6 +55,7 @@ SETTINGS = (
     "base",
     "finetune",
     "lr",
+    "control",
 )
 
 
@@ -149,6 +153,13 @@ def one_seed(args: argparse.Namespace, seed: int, dev: Path) -> dict[str, Any]:
         exclude = ["--exclude-cer-above", args.cer_above, "--scores", scores]
     cleaned = work / "run-cleaned"
     seconds_cleaned = fit(train, dev, cleaned, args.steps, *options, *exclude, base=args.base)
+    control = {}
+    if args.control:
+        clean = sorted(r["audio_filepath"] for r in rows if r["audio_filepath"] not in planted)
+        left_out = random.Random(seed).sample(clean, len(excluded))
+        (work / "control.txt").write_text("".join(name + "\n" for name in left_out), encoding="utf-8")
+        fit(train, dev, work / "run-control", args.steps, *options, "--exclude", work / "control.txt", base=args.base)
+        control = {"held_out_control": held_out(work / "run-control", dev)}
     return {
         "seed": seed,
         "corpus_seed": train_seed(seed),
@@ -163,13 +174,14 @@ def one_seed(args: argparse.Namespace, seed: int, dev: Path) -> dict[str, Any]:
         "excluded_planted": sum(name in planted for name in excluded),
         "held_out_everything": held_out(everything, dev),
         "held_out_cleaned": held_out(cleaned, dev),
+        **control,
         "fit_seconds": [round(seconds_everything, 1), round(seconds_cleaned, 1)],
     }
 
 
-def paired(results: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Cleaned minus everything, per seed, for a held-out `metric` (negative: cleaning is better)."""
-    differences = [r["held_out_cleaned"][metric] - r["held_out_everything"][metric] for r in results]
+def paired(results: list[dict[str, Any]], metric: str, against: str = "held_out_everything") -> dict[str, Any]:
+    """Cleaned minus `against`, per seed, for a held-out `metric` (negative: cleaning is better)."""
+    differences = [r["held_out_cleaned"][metric] - r[against][metric] for r in results]
     return {
         "differences": [round(d, 4) for d in differences],
         "mean": round(statistics.fmean(differences), 4),
@@ -196,6 +208,7 @@ def main() -> None:
     parser.add_argument("--lr", default="1e-3")
     parser.add_argument("--language", choices=["a", "b"], default="a", help="the corpora's sample language")
     parser.add_argument("--finetune", choices=["full", "lora"], default="full", help="lora: the README's recipe")
+    parser.add_argument("--control", action="store_true", help="also fit without as many random clean clips")
     parser.add_argument("--json")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -214,6 +227,9 @@ def main() -> None:
         "wer": paired(results, "wer"),
         "recall_in_top": [r["recall_in_top"] for r in results],
     }
+    if args.control:
+        result["cer_against_control"] = paired(results, "cer", "held_out_control")
+        result["wer_against_control"] = paired(results, "wer", "held_out_control")
     text = json.dumps(result, indent=1, allow_nan=False)
     print(text)
     if args.json:
