@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from featstore import open_store
+from featstore.chunks import bucket_of
 from featstore.sampler import DurationBucketSampler
 from trainer.augment import (
     Augmenter,
@@ -155,7 +156,7 @@ def test_speed_aware_batches_fit_their_limit_with_the_changed_durations(stores) 
     indices = np.arange(len(store))
     durations = SpeedChangedDurations(augment, store.lengths, indices)
     sampler = SpeedAwareSampler(
-        store.durations, epoch_durations=durations, max_batch_seconds=10.0, buckets=store.buckets, seed=7
+        store.durations, epoch_durations=durations, speeds=3, max_batch_seconds=10.0, buckets=store.buckets, seed=7
     )
     plain = DurationBucketSampler(store.durations, max_batch_seconds=10.0, buckets=store.buckets, seed=7)
     overfull = 0
@@ -171,6 +172,19 @@ def test_speed_aware_batches_fit_their_limit_with_the_changed_durations(stores) 
         # Cut by the stored durations instead, batches run over the limit once slowed down.
         overfull += sum(max(changed[b]) * len(b) > 10.0 for b in plain)
     assert overfull > 0
+
+
+def test_speed_aware_windows_keep_each_factors_clips_together() -> None:
+    """A stored bucket mixes the factors' clips: windows `speeds` times wider pad less than featstore's."""
+    rng = np.random.default_rng(0)
+    stored = rng.uniform(2.0, 15.0, 6000)
+    changed = stored / rng.choice([0.9, 1.0, 1.1], stored.size)
+    layout = {"max_batch_seconds": 100.0, "buckets": np.array([bucket_of(d) for d in stored]), "seed": 0}
+    wide = SpeedAwareSampler(stored, epoch_durations=lambda epoch: changed, speeds=3, **layout)
+    narrow = SpeedAwareSampler(stored, epoch_durations=lambda epoch: changed, speeds=1, **layout)
+    assert wide.sort_window == 3 * narrow.sort_window
+    assert sorted(i for b in wide for i in b) == list(range(stored.size))
+    assert wide.plan().padding_fraction < 0.6 * narrow.plan().padding_fraction
 
 
 def _stop_at(step: int):

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+SORT_WINDOW = 4  # batches per window sorted by duration: padding ~0.5% with a reader cache of a few MB
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -60,7 +62,7 @@ class DurationBucketSampler:
         positions: np.ndarray | None = None,
         groups: np.ndarray | None = None,
         num_buckets: int = 30,
-        sort_window: int = 4,
+        sort_window: int = SORT_WINDOW,
         shuffle: bool = True,
         seed: int = 0,
         rank: int = 0,

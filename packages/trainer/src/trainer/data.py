@@ -189,7 +189,8 @@ def training_sampler(
     }
     if augmenter is not None and augmenter.options.changes_speed:
         durations = SpeedChangedDurations(augmenter, store.lengths[indices], indices)
-        return SpeedAwareSampler(store.durations[indices], epoch_durations=durations, **layout)
+        speeds = len(augmenter.options.speeds)
+        return SpeedAwareSampler(store.durations[indices], epoch_durations=durations, speeds=speeds, **layout)
     return DurationBucketSampler(store.durations[indices], **layout)
 
 
