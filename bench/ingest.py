@@ -12,6 +12,7 @@ fewer shards to show that its peak memory does not grow with the data. Targets: 
 
     python bench/ingest.py --repeat 2            # the full run (~15 min here)
     python bench/ingest.py --clips 12 --scale 2  # a quick check
+    python bench/ingest.py --shards 8 --clips 440 --repeat 3 --skip-notebook --scale "" --marginal 4
 """
 
 from __future__ import annotations
@@ -58,11 +59,44 @@ def run_featstore(corpus: Corpus, workers: int, scratch: Path, max_shards: int |
     return run_monitored(name, command, scratch, exclude=[out]), out
 
 
-def run_bare(corpus: Corpus, workers: int, scratch: Path) -> tuple[RunStats, dict[str, Any]]:
+def run_bare(
+    corpus: Corpus, workers: int, scratch: Path, max_shards: int | None = None
+) -> tuple[RunStats, dict[str, Any]]:
     shutil.rmtree(scratch, ignore_errors=True)
     command = [sys.executable, str(BENCH / "bare_decode.py"), str(corpus.split_dir), "--processes", str(workers)]
-    stats = run_monitored("bare decode", command, scratch)
+    if max_shards:
+        command += ["--max-shards", str(max_shards)]
+    stats = run_monitored(f"bare decode ({max_shards or corpus.shards} shards)", command, scratch)
     return stats, json.loads(stats.stdout_tail.strip().splitlines()[-1])
+
+
+def marginal(
+    corpus: Corpus, workers: int, work: Path, shards: int, runs: dict[str, list[dict[str, Any]]], repeat: int
+) -> dict[str, Any]:
+    """(a) and (b) on the first `shards` shards; what the rest of the corpus cost each, in CPU and wall seconds.
+
+    The difference from the whole corpus's runs of this repeat leaves out what both pay once
+    (imports, process and cluster start-up), which a 27-shard corpus of 2 GB shards amortizes.
+    """
+    fs_stats, _ = run_featstore(corpus, workers, work / "featstore_marginal", max_shards=shards)
+    bare_stats, _ = run_bare(corpus, workers, work / "bare_marginal", max_shards=shards)
+    fs, bare = runs["featstore"][-1], runs["bare"][-1]
+    fs_cpu, bare_cpu = fs["cpu_s"] - fs_stats.cpu_s, bare["cpu_s"] - bare_stats.cpu_s
+    fs_wall, bare_wall = fs["wall_s"] - fs_stats.wall_s, bare["wall_s"] - bare_stats.wall_s
+    return {
+        "repeat": repeat,
+        "shards": f"{shards} -> {corpus.shards}",
+        "featstore_cpu_s": round(fs_cpu, 1),
+        "bare_cpu_s": round(bare_cpu, 1),
+        "cpu_ratio": round(fs_cpu / bare_cpu, 3),
+        "featstore_wall_s": round(fs_wall, 1),
+        "bare_wall_s": round(bare_wall, 1),
+        "rate_vs_bare": round(bare_wall / fs_wall, 3),
+        "start_up_cpu_s": {
+            "featstore": round(fs_stats.cpu_s - fs_cpu * shards / (corpus.shards - shards), 1),
+            "bare": round(bare_stats.cpu_s - bare_cpu * shards / (corpus.shards - shards), 1),
+        },
+    }
 
 
 def run_notebook(corpus: Corpus, python: str, scratch: Path) -> tuple[RunStats, Path, dict[str, Any]]:
@@ -189,6 +223,11 @@ def main() -> None:
     parser.add_argument("--bench-python", default=".venv-bench/bin/python", help="python with torchcodec 0.13")
     parser.add_argument("--skip-notebook", action="store_true")
     parser.add_argument("--skip-snr", action="store_true")
+    parser.add_argument(
+        "--marginal",
+        type=int,
+        help="also run (a) and (b) on this many shards each repeat: the CPU of the other shards, start-up excluded",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "ingest.json")
     args = parser.parse_args()
 
@@ -204,6 +243,7 @@ def main() -> None:
     )
     work = CACHE_ROOT / "run"
     runs: dict[str, list[dict[str, Any]]] = {"featstore": [], "bare": [], "notebook": []}
+    marginals: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
@@ -218,6 +258,7 @@ def main() -> None:
             "compressed_mb": corpus.compressed_bytes / MB,
         },
         "runs": runs,
+        "marginal": marginals,
         "failures": failures,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -248,6 +289,10 @@ def main() -> None:
         if ok(stats):
             runs["bare"].append(row(stats, bare["audio_s"], None, None) | {"repeat": repeat, "detail": bare})
         save()
+        if args.marginal and runs["featstore"] and runs["bare"]:
+            marginals.append(marginal(corpus, args.workers, work, args.marginal, runs, repeat))
+            print(f"[{repeat}] marginal: {marginals[-1]}", flush=True)
+            save()
         if not args.skip_notebook:
             stats, output, detail = run_notebook(corpus, args.bench_python, work / "notebook")
             if ok(stats):
@@ -325,6 +370,8 @@ def main() -> None:
 
     print()
     print_table([r for key in ("featstore", "bare", "notebook") for r in runs[key]])
+    for entry in marginals:
+        print(f"marginal, repeat {entry['repeat']}: {entry}")
     print(
         "\nfeatstore peak memory by shards:",
         ", ".join(f"{s['shards']}: {s['peak_rss_mb']} MB RSS / {s['peak_pss_mb']} MB PSS" for s in scale),
