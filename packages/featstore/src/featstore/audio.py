@@ -118,6 +118,8 @@ def _to_mono(frame: av.AudioFrame) -> np.ndarray:
         pcm = pcm.reshape(-1, channels).T
     if np.issubdtype(pcm.dtype, np.integer):
         pcm = pcm.astype(np.float32) / float(np.iinfo(pcm.dtype).max)  # type: ignore[type-var]
+    if channels == 1:  # mono, as speech corpora are: a view, not a mean over one channel (0.5-1% of decoding)
+        return pcm[0].astype(np.float32, copy=False)
     return pcm.astype(np.float32, copy=False).mean(axis=0)
 
 
