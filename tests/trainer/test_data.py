@@ -182,3 +182,15 @@ def test_an_iteration_left_early_leaves_the_next_one_correct(stores, dataset: St
         model_inputs(batch, "cpu")
     _assert_batch_is_the_stores_audio(store, kept)
     model_inputs(kept, "cpu")  # releasing into the old table touches nothing of the new one
+
+
+def test_a_received_batch_pickles_with_its_samples_not_its_lease(stores, dataset: StoreDataset) -> None:
+    import pickle
+
+    store = open_store(stores.train)
+    batch = next(iter(make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=6), workers=1)))
+    assert batch.lease is not None
+    copy = pickle.loads(pickle.dumps(batch))
+    assert copy.lease is None and torch.equal(copy.audio, batch.audio)
+    assert copy.audio.untyped_storage().data_ptr() != batch.audio.untyped_storage().data_ptr()
+    _assert_batch_is_the_stores_audio(store, copy)

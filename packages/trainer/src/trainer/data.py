@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from transformers import Wav2Vec2Processor
 
 from featstore import FeatStore, open_store
@@ -115,17 +115,25 @@ class Batch:
     lease: Lease | None = None  # the worker buffer `audio` lies in, if any
 
     def __reduce__(self) -> tuple[Any, ...]:
-        audio = self.audio if self.lease is None else tuple(self.audio.shape)
-        return (_received_batch, (audio, self.scales, self.lengths, self.labels, self.indices, self.lease))
+        if get_worker_info() is None:  # pickled anywhere but in its worker: a copy of the samples, no lease
+            audio = self.audio if self.lease is None else self.audio.clone()
+            return (Batch, (audio, self.scales, self.lengths, self.labels, self.indices))
+        if self.lease is None:
+            return (Batch, (self.audio, self.scales, self.lengths, self.labels, self.indices))
+        shape = tuple(self.audio.shape)
+        return (_received_batch, (shape, self.scales, self.lengths, self.labels, self.indices, self.lease))
 
 
 def _received_batch(
-    audio: Any, scales: np.ndarray, lengths: np.ndarray, labels: np.ndarray, indices: np.ndarray, lease: Lease | None
+    shape: tuple[int, int],
+    scales: np.ndarray,
+    lengths: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    lease: Lease,
 ) -> Batch:
-    """A batch as the main process unpickles it: leased audio comes from the mapped buffer."""
-    if lease is not None:
-        audio = leased_audio(lease, audio)
-    return Batch(audio, scales, lengths, labels, indices, lease)
+    """A worker's batch as the main process unpickles it: its audio lies in a buffer mapped there."""
+    return Batch(leased_audio(lease, shape), scales, lengths, labels, indices, lease)
 
 
 def collate(items: list[Item], buffers: BatchBuffers | None = None) -> Batch:
