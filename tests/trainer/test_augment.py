@@ -12,7 +12,7 @@ import torch
 
 from featstore import open_store
 from featstore.chunks import bucket_of
-from featstore.sampler import DurationBucketSampler
+from featstore.sampler import SORT_WINDOW, DurationBucketSampler
 from trainer.augment import (
     Augmenter,
     AugmentOptions,
@@ -185,6 +185,12 @@ def test_speed_aware_windows_keep_each_factors_clips_together() -> None:
     assert wide.sort_window == 3 * narrow.sort_window
     assert sorted(i for b in wide for i in b) == list(range(stored.size))
     assert wide.plan().padding_fraction < 0.6 * narrow.plan().padding_fraction
+    # A checkpoint carries the window; one saved before it did resumes with the window it used.
+    resumed = SpeedAwareSampler(stored, epoch_durations=lambda epoch: changed, speeds=1, **layout)
+    resumed.load_state_dict({**wide.state_dict(), "batches_trained": 3})
+    assert resumed.sort_window == wide.sort_window and list(resumed) == wide.rank_batches()[3:]
+    resumed.load_state_dict({"epoch": 0, "batches_trained": 3, "seed": 0})
+    assert resumed.sort_window == SORT_WINDOW
 
 
 def _stop_at(step: int):

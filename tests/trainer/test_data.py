@@ -194,3 +194,44 @@ def test_a_received_batch_pickles_with_its_samples_not_its_lease(stores, dataset
     assert copy.lease is None and torch.equal(copy.audio, batch.audio)
     assert copy.audio.untyped_storage().data_ptr() != batch.audio.untyped_storage().data_ptr()
     _assert_batch_is_the_stores_audio(store, copy)
+
+
+def test_model_inputs_from_two_workers_equal_the_stores_float_audio(stores, dataset: StoreDataset) -> None:
+    """What the model gets, checked after the buffer is given back: the copy was made before."""
+    store = open_store(stores.train)
+    loader = make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=8), workers=2)
+    for batch in loader:
+        inputs = model_inputs(batch, "cpu")
+        for row, index in enumerate(batch.indices.tolist()):
+            length = int(store.lengths[index])
+            assert torch.equal(inputs["input_values"][row, :length], torch.from_numpy(store.audio(index)))
+            assert not inputs["input_values"][row, length:].any()
+
+
+def test_a_batch_given_back_twice_frees_nothing_else(stores, dataset: StoreDataset) -> None:
+    store = open_store(stores.train)
+    iterator = iter(make_loader(dataset, BatchOptions(batch_size=3).sampler(store, seed=6), workers=1))
+    first = next(iterator)
+    model_inputs(first, "cpu")
+    with pytest.raises(handoff.BatchConsumed):
+        model_inputs(first, "cpu")
+    # The worker fills the buffer `first` gave back with a later batch, one of these:
+    held = [next(iterator) for _ in range(handoff.BUFFERS_PER_WORKER)]
+    assert (first.lease.worker, first.lease.index) in {(b.lease.worker, b.lease.index) for b in held}
+    handoff.release(first.lease)  # a stray second release
+    for batch in held:
+        handoff.check_held(batch.lease)  # still theirs: the stray release freed none of them
+    for batch in [*iterator, *held]:
+        _assert_batch_is_the_stores_audio(store, batch)
+
+
+def test_persistent_workers_are_refused(stores, dataset: StoreDataset) -> None:
+    store = open_store(stores.train)
+    with pytest.raises(ValueError, match="persistent_workers"):
+        handoff.BufferedLoader(
+            dataset,
+            buffers=handoff.BatchBuffers(1),
+            batch_sampler=BatchOptions(batch_size=3).sampler(store),
+            num_workers=1,
+            persistent_workers=True,
+        )

@@ -112,11 +112,17 @@ class DurationBucketSampler:
         return len(self.rank_batches())
 
     def state_dict(self) -> dict[str, Any]:
-        """Enough to continue exactly after the last batch trained on."""
-        return {"epoch": self.epoch, "batches_trained": self.batches_trained, "seed": self.seed}
+        """Enough to continue exactly after the last batch trained on (the window shapes the batches)."""
+        return {
+            "epoch": self.epoch,
+            "batches_trained": self.batches_trained,
+            "seed": self.seed,
+            "sort_window": self.sort_window,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seed = state["seed"]
+        self.sort_window = int(state.get("sort_window", SORT_WINDOW))  # saved before it was: the default's
         self.resume(state["epoch"], state["batches_trained"])
 
     def rank_batches(self) -> list[list[int]]:

@@ -28,7 +28,7 @@ from featstore import FeatStore, open_store
 from featstore.sampler import DurationBucketSampler
 from trainer.augment import Augmenter, SpeedAwareSampler, SpeedChangedDurations
 from trainer.config import BatchOptions, TextOptions
-from trainer.handoff import BatchBuffers, BufferedLoader, Lease, leased_audio, release
+from trainer.handoff import BatchBuffers, BufferedLoader, Lease, check_held, leased_audio, release
 from trainer.stores import open_checked
 from trainer.vocab import encode_texts
 
@@ -144,12 +144,17 @@ def collate(items: list[Item], buffers: BatchBuffers | None = None) -> Batch:
         audio, lease = torch.empty((rows, longest), dtype=torch.int16), None
     else:
         audio, lease = buffers.take(rows, longest)
-    samples = audio.numpy()
-    labels = np.full((rows, max(item.labels.size for item in items)), IGNORE_INDEX, dtype=np.int64)
-    for row, item in enumerate(items):
-        samples[row, : item.audio.size] = item.audio
-        samples[row, item.audio.size :] = 0
-        labels[row, : item.labels.size] = item.labels
+    try:
+        samples = audio.numpy()
+        labels = np.full((rows, max(item.labels.size for item in items)), IGNORE_INDEX, dtype=np.int64)
+        for row, item in enumerate(items):
+            samples[row, : item.audio.size] = item.audio
+            samples[row, item.audio.size :] = 0
+            labels[row, : item.labels.size] = item.labels
+    except BaseException:
+        if buffers is not None and lease is not None:
+            buffers.give_back(lease)  # this batch is never sent: its buffer is free again
+        raise
     return Batch(
         audio=audio,
         scales=np.array([item.scale for item in items], dtype=np.float32),
@@ -166,7 +171,9 @@ def model_inputs(batch: Batch, device: torch.device | str, labels: bool = True) 
     The int16 samples move first, so 2 bytes per sample go to an accelerator. Padding stays 0.0
     (Wav2Vec2FeatureExtractor's padding value for normalized audio). The mask is bool, which
     Wav2Vec2ForCTC takes like 0/1 integers (it only sums it and marks positions with it).
+    Once per batch: it gives a worker's buffer back, and raises `BatchConsumed` when called again.
     """
+    check_held(batch.lease)
     audio = batch.audio.to(device)
     scales = torch.from_numpy(batch.scales).to(device)
     mask = torch.ones(audio.shape, dtype=torch.bool, device=audio.device)
@@ -197,7 +204,7 @@ def training_sampler(
     }
     if augmenter is not None and augmenter.options.changes_speed:
         durations = SpeedChangedDurations(augmenter, store.lengths[indices], indices)
-        speeds = len(augmenter.options.speeds)
+        speeds = len(set(augmenter.options.speeds))
         return SpeedAwareSampler(store.durations[indices], epoch_durations=durations, speeds=speeds, **layout)
     return DurationBucketSampler(store.durations[indices], **layout)
 
