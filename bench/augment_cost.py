@@ -18,15 +18,14 @@ store (the store itself by default) on every clip at 10-30 dB SNR, gain -6..6 dB
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soxr
+from results import emit_json
 
 import trainer.augment as augment
 from featstore import open_store
@@ -157,11 +156,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     result = {"stages": stages(args.store, args.repeat), "one_clip_ms": one_clip(args.repeat)}
-    text = json.dumps(result, indent=1, allow_nan=False)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

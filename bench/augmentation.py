@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from cleaning import command, fit, held_out, make_store, run
+from results import emit_json
 
 from featstore.audio import decode_clip
 from featstore.sample import MANIFEST_DIR, encode_webm_opus
@@ -133,10 +134,7 @@ def main() -> None:
         "augmented": {"clean": held_out(augmented, dev), "perturbed": held_out(augmented, perturbed)},
         "fit_seconds": [round(s, 1) for s in seconds],
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

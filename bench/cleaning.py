@@ -37,6 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results import emit_json
+
 from featstore.sample import write_sample_corpus
 
 ALPHABET = "abcdefghij"  # language a's letters the runs use (language b: its own ten)
@@ -230,11 +232,7 @@ def main() -> None:
     if args.control:
         result["cer_against_control"] = paired(results, "cer", "held_out_control")
         result["wer_against_control"] = paired(results, "wer", "held_out_control")
-    text = json.dumps(result, indent=1, allow_nan=False)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    emit_json(result, args.json)
 
 
 if __name__ == "__main__":

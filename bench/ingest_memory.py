@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from results import emit_json
 
 from featstore.sample import MANIFEST_DIR
 
@@ -141,11 +142,7 @@ def main() -> None:
         "tree_growth_mb": round(last["tree_peak_mb"] - first["tree_peak_mb"], 1),
         "load_average": psutil.getloadavg()[0],
     }
-    text = json.dumps(summary, indent=1, allow_nan=False)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit_json(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results import save_json
+
 # part name -> (file suffix, function name) whose cumulative time it is
 PARTS = {
     "chunk_read (fs.cat_file)": ("fsspec/spec.py", "cat_file"),
@@ -161,7 +163,7 @@ def main() -> None:
         result["lhotse_workers_0"] = lhotse_epoch(args.shar, store, args.seconds)
         print("lhotse, workers=0:", json.dumps(result["lhotse_workers_0"]), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, allow_nan=False))
+        save_json(result, args.json)
 
 
 if __name__ == "__main__":

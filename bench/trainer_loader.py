@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import psutil
+from results import save_json
 
 SR = 16_000
 
@@ -420,7 +421,7 @@ def main() -> None:
         ratios = ", ".join(f"{r:.2f}" for r in summary["augmented_ratios"])
         print(f"augmented/plain throughput: {ratios} (per repetition)", flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+        save_json(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ Padding fraction = 1 - sum(durations) / sum(longest in batch x batch size), over
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from results import save_json
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 import featstore
@@ -171,8 +171,7 @@ def main() -> None:
         "rows": rows,
     }
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        save_json(result, args.json)
 
 
 if __name__ == "__main__":
