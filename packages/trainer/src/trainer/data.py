@@ -115,11 +115,9 @@ class Batch:
     lease: Lease | None = None  # the worker buffer `audio` lies in, if any
 
     def __reduce__(self) -> tuple[Any, ...]:
-        if get_worker_info() is None:  # pickled anywhere but in its worker: a copy of the samples, no lease
+        if self.lease is None or get_worker_info() is None:  # outside its worker: a copy of leased samples
             audio = self.audio if self.lease is None else self.audio.clone()
             return (Batch, (audio, self.scales, self.lengths, self.labels, self.indices))
-        if self.lease is None:
-            return (Batch, (self.audio, self.scales, self.lengths, self.labels, self.indices))
         shape = tuple(self.audio.shape)
         return (_received_batch, (shape, self.scales, self.lengths, self.labels, self.indices, self.lease))
 
