@@ -10,6 +10,7 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
   same model-ready tensors in the main process (`ours-w0`: the same with no worker);
 - ours-augmented: ours with every waveform augmentation on (speed 0.9/1.0/1.1 with the
   speed-aware sampler, noise from `--noise-store` at 10-30 dB SNR, gain -6..6 dB), in the worker;
+  `ours-speed` (speed only) and `ours-noise` (noise and gain only) take it apart;
 - notebook: the same utterances (store.audio(i), already normalized float32, and the same label
   ids) written in pieces of 16 rows with `datasets.Dataset.from_generator` (list<float32> /
   list<int64>, as the notebook's `.map` produced) + `save_to_disk`, read back with
@@ -22,7 +23,8 @@ Audio-seconds (real, unpadded) delivered per second of wall time by a DataLoader
 - lhotse: the peer, a Lhotse Shar cut set of the same utterances + `DynamicBucketingSampler` +
   `K2SpeechRecognitionDataset` (`bench/lhotse_path.py`).
 
-`PATH-wN` runs a path with N DataLoader workers (`ours-w0`, `ours-w2`, `lhotse-w2`, ...).
+`PATH-wN` runs a path with N DataLoader workers (`ours-w0`, `ours-w2`, `lhotse-w2`, ...). Each
+augmented path's throughput is divided by `ours`'s with as many workers, repetition by repetition.
 
 Peak RSS is the sum over the child process and its DataLoader worker, sampled every 20 ms;
 "flat" compares the tree RSS over the last quarter of the epoch's batches with the first quarter.
@@ -55,6 +57,13 @@ import psutil
 from results import save_json
 
 SR = 16_000
+# The augmented paths' `trainer.augment.AugmentOptions` (noise from `--noise-store` unless None).
+EVERY_AUGMENTATION: dict[str, Any] = {"speeds": (0.9, 1.0, 1.1), "snr_db": (10.0, 30.0), "gain_db": (-6.0, 6.0)}
+AUGMENTED: dict[str, dict[str, Any]] = {
+    "augmented": EVERY_AUGMENTATION,
+    "speed": {"speeds": EVERY_AUGMENTATION["speeds"], "noise_store": None},
+    "noise": {**EVERY_AUGMENTATION, "speeds": ()},
+}
 
 
 def cpu_seconds(who: int) -> float:
@@ -194,18 +203,19 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     # "PATH-wN": PATH with N DataLoader workers (default 1)
     path, _, workers = args.child.partition("-w")
     workers_count = int(workers) if workers else 1
-    if path in ("ours", "ours-augmented"):
+    if path == "ours" or path.removeprefix("ours-") in AUGMENTED:
         from trainer.config import TextOptions
         from trainer.data import StoreDataset, make_loader, model_inputs
 
         t_dataset = time.perf_counter()
         augmenter = None
-        if path == "ours-augmented":  # also "ours-augmented-w2"
+        if path != "ours":  # "ours-augmented", "ours-speed-w2", ...
             from trainer.augment import Augmenter, AugmentOptions
             from trainer.config import BatchOptions
             from trainer.data import training_sampler
 
-            options = AugmentOptions((0.9, 1.0, 1.1), args.noise_store or args.store, 1.0, (10.0, 30.0), (-6.0, 6.0))
+            chosen = AUGMENTED[path.removeprefix("ours-")]
+            options = AugmentOptions(**{"noise_store": args.noise_store or args.store, **chosen})
             augmenter = Augmenter(options, seed=0, count=len(store), sample_rate=store.sample_rate)
             indices = np.arange(len(store))
             batch_options = BatchOptions(max_batch_seconds=args.seconds, batch_size=None)
@@ -341,6 +351,17 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def augmented_ratios(throughput: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Each augmented path's throughput over plain `ours`'s with as many workers, per repetition."""
+    ratios = {}
+    for path, values in throughput.items():
+        name, dash_w, workers = path.partition("-w")
+        plain = f"ours{dash_w}{workers}"
+        if name.removeprefix("ours-") in AUGMENTED and plain in throughput:
+            ratios[path] = [a / o for a, o in zip(values, throughput[plain], strict=False)]
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("store")
@@ -415,11 +436,9 @@ def main() -> None:
         summary["speedup"] = statistics.median(throughput["ours"]) / statistics.median(throughput["notebook"])
         ratios = ", ".join(f"{r:.1f}x" for r in summary["speedups"])
         print(f"speedup ours/notebook: {summary['speedup']:.1f}x (medians; per repetition {ratios})", flush=True)
-    if "ours" in throughput and "ours-augmented" in throughput:
-        pairs = zip(throughput["ours-augmented"], throughput["ours"], strict=False)
-        summary["augmented_ratios"] = [a / o for a, o in pairs]
-        ratios = ", ".join(f"{r:.2f}" for r in summary["augmented_ratios"])
-        print(f"augmented/plain throughput: {ratios} (per repetition)", flush=True)
+    summary["augmented_ratios"] = augmented_ratios(throughput)
+    for path, ratios in summary["augmented_ratios"].items():
+        print(f"{path} / plain throughput: {', '.join(f'{r:.2f}' for r in ratios)} (per repetition)", flush=True)
     if args.json:
         save_json(summary, args.json)
 
