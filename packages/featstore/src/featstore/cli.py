@@ -116,6 +116,35 @@ def letters(value: str) -> str:
     return value
 
 
+def cluster_options(command: F) -> F:
+    """--workers, --memory-limit, --scheduler and --dashboard-address: the Dask cluster a command runs on."""
+    for option in reversed(
+        (
+            click.option(
+                "--workers",
+                type=click.IntRange(min=1),
+                default=default_workers(),
+                help="Dask worker processes (one thread each).",
+            ),
+            click.option(
+                "--memory-limit", type=MemorySize(), default="2GiB", help="Memory limit per Dask worker (>= 256MiB)."
+            ),
+            click.option(
+                "--scheduler",
+                help="Address of an existing Dask scheduler (tcp://HOST:8786) instead of a local cluster.",
+            ),
+            click.option(
+                "--dashboard-address",
+                type=Address(),
+                default="127.0.0.1:8787",
+                help="Where the local cluster serves its dashboard (:0 picks a free port).",
+            ),
+        )
+    ):
+        command = option(command)
+    return command
+
+
 class OneLineErrors(click.Group):
     """Option errors as one `error:` line and exit 2, like every other error (click's own take three lines)."""
 
@@ -162,17 +191,7 @@ def main() -> None:
     default=DEFAULTS.max_member_bytes,
     help="Reject tar members larger than this before reading them.",
 )
-@click.option(
-    "--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes (one thread each)."
-)
-@click.option("--memory-limit", type=MemorySize(), default="2GiB", help="Memory limit per Dask worker (>= 256MiB).")
-@click.option("--scheduler", help="Address of an existing Dask scheduler (tcp://HOST:8786) instead of a local cluster.")
-@click.option(
-    "--dashboard-address",
-    type=Address(),
-    default="127.0.0.1:8787",
-    help="Where the local cluster serves its dashboard (:0 picks a free port).",
-)
+@cluster_options
 @click.option("--append", is_flag=True, help="Add new shards to an existing store.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing store first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
@@ -250,15 +269,7 @@ def info_command(store: str, as_json: bool) -> None:
 @click.option("--report", type=click.Path(path_type=Path), help="Write a self-contained HTML report here.")
 @click.option("--plots", type=click.Path(path_type=Path), help="Write PNG plots into this folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
-@click.option("--workers", type=click.IntRange(min=1), default=default_workers(), help="Dask worker processes.")
-@click.option("--memory-limit", type=MemorySize(), default="2GiB", help="Memory limit per Dask worker (>= 256MiB).")
-@click.option("--scheduler", help="Address of an existing Dask scheduler instead of a local cluster.")
-@click.option(
-    "--dashboard-address",
-    type=Address(),
-    default="127.0.0.1:8787",
-    help="Where the local cluster serves its dashboard (:0 picks a free port).",
-)
+@cluster_options
 @click.option("--keep-dashboard", is_flag=True, help="Keep the cluster and its dashboard up until Ctrl-C.")
 @click.option(
     "--quiet-below",
