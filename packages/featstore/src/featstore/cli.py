@@ -19,6 +19,7 @@ _MASK = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 import click
 
 from featstore import __version__
+from featstore.commandline import OneLineErrors
 from featstore.errors import FeatstoreError, describe_os_error
 from featstore.ingest import dask_client, default_workers, ingest
 from featstore.interrupts import held, ignore_in_worker_process
@@ -143,21 +144,6 @@ def cluster_options(command: F) -> F:
     ):
         command = option(command)
     return command
-
-
-class OneLineErrors(click.Group):
-    """Option errors as one `error:` line and exit 2, like every other error (click's own take three lines)."""
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs["standalone_mode"] = False
-        try:
-            return super().main(*args, **kwargs)
-        except click.ClickException as error:
-            click.echo(f"error: {error.format_message()}", err=True)
-            sys.exit(error.exit_code)
-        except click.Abort:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
 
 @click.group(cls=OneLineErrors, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
