@@ -105,6 +105,18 @@ def test_unreadable_shard_exits_non_zero_and_keeps_the_rest(corpus: SampleCorpus
     assert set(info["shards"]) == {"audio_0", "audio_2"}
 
 
+def test_a_store_with_no_audio_reports_no_ratios(tmp_path: Path) -> None:
+    """Every clip rejected: the summary and `info` say there is no audio, not '0.00x' or '10693000.0 MB per hour'."""
+    assert featstore("sample", str(tmp_path), "--shards", "1", "--clips", "3", "--no-defects").returncode == 0
+    out = str(tmp_path / "f.zarr")
+    ingest = ["--workers", "1", "--dashboard-address", "127.0.0.1:0", "--no-progress", "--min-duration", "29"]
+    result = featstore("ingest", str(tmp_path / "train_tarred"), "--out", out, *ingest)
+    assert result.returncode == 0, result.stderr
+    assert "clips        0" in result.stdout and "(no audio)" in result.stdout
+    assert "(no audio)" in featstore("info", out).stdout
+    assert json.loads(featstore("info", out, "--json").stdout)["bytes_per_audio_hour"] is None
+
+
 def test_output_into_a_closed_pipe_ends_quietly(ingested: tuple[Path, IngestSummary]) -> None:
     """`featstore info STORE | head -1`: no `error:` line and no traceback when the reader has gone."""
     read_end, write_end = os.pipe()

@@ -108,7 +108,9 @@ class IngestSummary:
     wall_seconds: float = 0.0
 
     def lines(self) -> list[str]:
-        ratio = self.raw_bytes / self.bytes_written if self.bytes_written else 0.0
+        ratio = "no audio"
+        if self.raw_bytes and self.bytes_written:
+            ratio = f"compression {self.raw_bytes / self.bytes_written:.2f}x against float32"
         rejects = ", ".join(f"{reason} {count}" for reason, count in sorted(self.rejects.items())) or "none"
         lines = [
             f"store        {self.store}",
@@ -116,7 +118,7 @@ class IngestSummary:
             f"{len(self.shards_failed)} failed",
             f"clips        {self.clips} ({self.seconds / 3600:.2f} h of audio)",
             f"rejects      {rejects}",
-            f"written      {self.bytes_written / 1e6:.1f} MB (compression {ratio:.2f}x against float32)",
+            f"written      {self.bytes_written / 1e6:.1f} MB ({ratio})",
             f"wall time    {self.wall_seconds:.1f} s",
         ]
         lines += [f"FAILED       {shard}: {reason}" for shard, reason in self.shards_failed.items()]

@@ -36,7 +36,7 @@ def summarize(store: FeatStore) -> dict[str, Any]:
         },
         "outside_alphabet": "".join(sorted(c for c in characters if c not in alphabet)),
         "stored_bytes": stored_bytes,
-        "bytes_per_audio_hour": stored_bytes / max(float(durations.sum()) / 3600, 1e-9),
+        "bytes_per_audio_hour": stored_bytes / (float(durations.sum()) / 3600) if durations.sum() else None,
         "settings": store.info.settings.to_json(),
     }
 
@@ -72,9 +72,10 @@ def format_summary(summary: dict[str, Any]) -> list[str]:
             f"durations      min {d['min']:.2f} s, median {d['median']:.2f} s, "
             f"p90 {d['p90']:.2f} s, max {d['max']:.2f} s"
         )
+    per_hour = summary["bytes_per_audio_hour"]
     lines.append(
         f"stored         {summary['stored_bytes'] / 1e6:.1f} MB "
-        f"({summary['bytes_per_audio_hour'] / 1e6:.1f} MB per audio hour)"
+        + (f"({per_hour / 1e6:.1f} MB per audio hour)" if per_hour is not None else "(no audio)")
     )
     rejects = ", ".join(f"{reason} {n}" for reason, n in summary["rejects"].items()) or "none"
     lines.append(f"rejects        {rejects}")
