@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from featstore.sampler import DurationBucketSampler, for_store
@@ -107,6 +108,25 @@ class RunConfig:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def input_paths(self) -> list[str]:
+        """What the run reads: stores, and the base model (a hub id unless it names a local path)."""
+        paths = [self.store, self.eval_store, self.augment.noise_store, self.base_model]
+        return [path for path in paths if path]
+
+    def with_absolute_paths(self) -> RunConfig:
+        """The same run with its local inputs as absolute paths, so run.json means the same from any
+        directory (evaluate, export and --resume may run elsewhere)."""
+        return replace(
+            self,
+            store=absolute(self.store),
+            eval_store=absolute(self.eval_store) if self.eval_store else None,
+            base_model=absolute(self.base_model) if is_local(self.base_model) else self.base_model,
+            augment=replace(
+                self.augment,
+                noise_store=absolute(self.augment.noise_store) if self.augment.noise_store else None,
+            ),
+        )
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunConfig:
         finetune = dict(data["finetune"], target_modules=tuple(data["finetune"]["target_modules"]))
@@ -121,3 +141,12 @@ class RunConfig:
                 "exclusion": Exclusion.from_json(data["exclusion"]) if "exclusion" in data else Exclusion(),
             }
         )
+
+
+def is_local(base_model: str) -> bool:
+    return base_model != TINY_RANDOM and Path(base_model).exists()
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute; an fsspec URL (or an empty string) as it is."""
+    return path if not path or "://" in path else str(Path(path).absolute())

@@ -23,9 +23,9 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from trainer.inference import pick_device, score, transcribe_batches
 from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate_metrics
 from trainer.model import build_tiny_random, count_parameters, load_base, prepare, trainable_state
 from trainer.run import (
+    STARTING,
     RunDir,
     claim_run_dir,
     load_base_for_run,
@@ -152,17 +153,24 @@ def fit(
     overwrite: bool = False,
     echo: Echo = tqdm.write,
     on_step: Callable[[int], None] | None = None,
+    inputs: Iterable[Path] = (),
+    overrides: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train (or with `resume`, continue) the run in `out`; `on_step(step)` runs after each step.
 
+    A new run records its local inputs as absolute paths, and `out` may not be, hold or lie in
+    any of them (nor in `inputs`, further files it was made from, such as an exclusion list).
+    A resumed run takes its saved settings, with `overrides` (`device`, `workers`) replacing them.
     On KeyboardInterrupt the last completed step is checkpointed before the exception goes on.
     """
     started = time.monotonic()
     d = init_distributed()
-    claim_run_dir(out, resume, overwrite)
+    if not resume:
+        config = config.with_absolute_paths()
+    claim_run_dir(out, resume, overwrite, [*config.input_paths(), *inputs])
     run = RunDir(out)
     if resume:
-        config = run_config(read_run(out)[1])
+        config = replace(run_config(read_run(out)[1]), **(overrides or {}))
     seed_everything(config.seed)
     train_store = open_checked(config.store, need_text=True)
     eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
@@ -229,6 +237,7 @@ def build_processor_and_base(
             base = load_base(config.base_model, vocab, **masking_config(config.augment))
         if d.is_main:
             reset_run_dir(run.path)
+            write_run_file(run, config, status=STARTING)  # from here on, --overwrite knows the directory is ours
             build_processor(vocab, run.processor).save_pretrained(str(run.processor))
             if config.base_model == TINY_RANDOM:
                 tiny = build_tiny_random(len(vocab), vocab[PAD], config.seed, **masking_config(config.augment))

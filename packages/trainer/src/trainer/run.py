@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2V
 
 from featstore.storage import finite
 from trainer.augment import masking_config
+from trainer.claims import check_apart, check_run_deletable
 from trainer.config import TINY_RANDOM, RunConfig
 from trainer.errors import TrainerError
 from trainer.model import load_adapter, load_base
@@ -33,6 +35,7 @@ from trainer.vocab import load_processor
 FORMAT_NAME = "trainer-run"
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
+STARTING = "starting"  # run.json's status until the processor and base are written, then "training"
 
 
 @dataclass(frozen=True)
@@ -121,22 +124,48 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def claim_run_dir(path: Path, resume: bool, overwrite: bool) -> None:
+def claim_run_dir(path: Path, resume: bool, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> None:
     """Refuse to clobber: a new run needs a missing or empty directory unless --overwrite.
 
-    --overwrite only deletes a directory that holds a run.json, never an arbitrary folder.
+    --overwrite only deletes a run directory of ours (`trainer.claims`), and no run directory may
+    be, hold or lie inside one of the run's `inputs`.
     """
-    run = RunDir(path)
     if resume:
-        read_run(path)
+        _, meta = read_run(path)
+        if meta.get("status") == STARTING:
+            raise TrainerError(f"{path}: the run stopped before its setup was written; start it again with --overwrite")
         return
+    check_apart(path, inputs)
     if path.exists() and not path.is_dir():
         raise TrainerError(f"{path} exists and is not a directory; choose another --out")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise TrainerError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
-        if not run.run_file.is_file():
+        if run_status(RunDir(path).run_file) is None:
             raise TrainerError(f"{path} is not a trainer run directory; refusing to delete it with --overwrite")
+        check_run_deletable(path)
+
+
+def run_status(run_file: Path) -> str | None:
+    """The status in `run_file` if it is a run.json a trainer wrote (any format version), else None."""
+    try:
+        meta = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        return None
+    return str(meta.get("status", ""))
+
+
+def interrupted_message(path: Path) -> str:
+    """What to do after Ctrl-C stopped `trainer fit` on the run in `path`."""
+    run = RunDir(path)
+    steps = run.checkpoint_steps()
+    if steps:
+        return f"interrupted: step {steps[-1]} is checkpointed; continue with trainer fit --out {path} --resume"
+    if run_status(run.run_file) not in (None, STARTING):
+        return f"interrupted before the first step; trainer fit --out {path} --resume starts it from step 0"
+    return f"interrupted before the run was set up; start it again with trainer fit --out {path} --overwrite"
 
 
 def reset_run_dir(path: Path) -> None:

@@ -25,6 +25,7 @@ import torch
 from transformers import Wav2Vec2Processor
 
 from featstore import FeatStore
+from trainer.claims import claim_table
 from trainer.data import Batch, StoreDataset, make_loader, model_inputs
 from trainer.inference import greedy_ids, output_frames, pick_device
 from trainer.run import load_trained, write_atomic
@@ -49,7 +50,11 @@ class UtteranceScore:
 
 
 def score_store(run_path: Path, store_path: Path, out: Path, device_name: str = "auto", workers: int = 0) -> int:
-    """Write the table worst first (highest loss per character, then CER) to `out`; return its rows."""
+    """Write the table worst first (highest loss per character, then CER) to `out`; return its rows.
+
+    `out` may replace only an earlier score table, and never lies in the store.
+    """
+    claim_table(out, is_score_header, "score table", "scores.csv", store_path)
     store = open_checked(store_path, need_text=True)
     device = pick_device(device_name)
     model, processor, config = load_trained(run_path, device)
@@ -122,6 +127,10 @@ def error_rate(reference: str, hypothesis: str, measure: Callable[[str, str], An
     if not reference.strip():
         return float(bool(hypothesis.strip()))
     return float(measure(reference, hypothesis))
+
+
+def is_score_header(header: list[str]) -> bool:
+    return header == [f.name for f in fields(UtteranceScore)]
 
 
 def write_table(rows: list[UtteranceScore], out: Path) -> None:

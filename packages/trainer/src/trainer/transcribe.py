@@ -9,6 +9,7 @@ import csv
 import io
 from pathlib import Path
 
+from trainer.claims import claim_table
 from trainer.data import StoreDataset, make_loader
 from trainer.inference import pick_device, transcribe_batches
 from trainer.run import load_trained, write_atomic
@@ -18,8 +19,16 @@ FIRST_COLUMN = "audio_filepath"
 LAST_COLUMN = "prediction"
 
 
+def is_transcript_header(header: list[str]) -> bool:
+    return len(header) >= 2 and header[0] == FIRST_COLUMN and header[-1] == LAST_COLUMN
+
+
 def transcribe_store(run_path: Path, store_path: Path, out: Path, device_name: str = "auto", workers: int = 0) -> int:
-    """Write the CSV atomically in store order; return the number of rows."""
+    """Write the CSV atomically in store order; return the number of rows.
+
+    `out` may replace only an earlier transcript table, and never lies in the store.
+    """
+    claim_table(out, is_transcript_header, "transcript table", "transcripts.csv", store_path)
     store = open_checked(store_path)
     device = pick_device(device_name)
     model, processor, config = load_trained(run_path, device)

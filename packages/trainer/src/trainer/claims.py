@@ -1,0 +1,71 @@
+"""What the trainer may delete or replace, proven before it does: its own run directories and tables.
+
+`fit --overwrite` deletes a directory only when its run.json is a trainer run description and
+everything beside it is something a run writes. `score` and `transcribe` replace a file only
+when it is a table of the kind they write (its header says so), and never inside a store. A run
+directory may be, hold or lie inside none of the run's inputs (stores, a local base model).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from trainer.errors import TrainerError
+
+# Everything `trainer fit` writes at the top of a run directory (atomic writes add *.partial).
+RUN_ENTRIES = frozenset(
+    {"run.json", "processor", "base", "adapter", "model", "checkpoints", "metrics.jsonl", "metrics.png"}
+)
+HEADER_BYTES = 1 << 16  # a table's header row is far shorter
+
+
+def local_inputs(paths: Iterable[str | Path | None]) -> list[Path]:
+    """The inputs that are local paths (fsspec URLs and hub ids that name no local file drop out)."""
+    return [Path(p) for p in paths if p and "://" not in str(p) and Path(p).exists()]
+
+
+def check_apart(out: Path, inputs: Iterable[str | Path | None]) -> None:
+    """Refuse an output that is an input, lies inside one, or holds one."""
+    target = out.resolve()
+    for source_path in local_inputs(inputs):
+        source = source_path.resolve()
+        if target == source or target.is_relative_to(source):
+            raise TrainerError(f"{out} lies inside the input {source_path}; choose an --out elsewhere")
+        if source.is_relative_to(target):
+            raise TrainerError(f"{out} holds the input {source_path}; choose an --out elsewhere")
+
+
+def check_run_deletable(path: Path) -> None:
+    """Refuse to delete a run directory that holds anything a run does not write."""
+    strangers = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES and not p.name.endswith(".partial"))
+    if strangers:
+        raise TrainerError(
+            f"{path} holds {strangers[0]!r}, which no trainer run writes; refusing to delete it with --overwrite"
+        )
+
+
+def header_row(path: Path) -> list[str] | None:
+    """The first CSV row of `path`, or None when it is not UTF-8 text."""
+    with path.open("rb") as f:
+        head = f.read(HEADER_BYTES)
+    try:
+        first_line = head.decode("utf-8-sig").splitlines()[:1]
+    except UnicodeDecodeError:
+        return None
+    return next(csv.reader(first_line), [])
+
+
+def claim_table(out: Path, ours: Callable[[list[str]], bool], kind: str, example: str, store: Path) -> None:
+    """Refuse a CSV output that would replace anything but a `kind` this trainer wrote (`ours(header)`),
+    or that lies in `store` (beside the run's files it may: it replaces none of them)."""
+    check_apart(out, [store])
+    if out.is_dir():
+        raise TrainerError(f"{out} is a directory; give --out a file name, like {out / example}")
+    if out.exists() or out.is_symlink():
+        if not out.is_file():
+            raise TrainerError(f"{out} exists and is not a regular file; refusing to replace it")
+        header = header_row(out)
+        if header is None or not ours(header):
+            raise TrainerError(f"{out} exists and is not a {kind} from trainer; remove it or choose another --out")
