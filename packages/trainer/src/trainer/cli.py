@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar, get_args
 
 import click
+from click.core import ParameterSource
 
 from featstore import FeatstoreError
+from featstore.commandline import OneLineErrors
 from featstore.errors import describe_os_error
 from featstore.storage import finite
 from trainer.augment import AugmentOptions
@@ -23,6 +26,7 @@ from trainer.exclude import Exclusion, resolve_exclusion
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULTS = RunConfig(store="")
 PATH = click.Path(path_type=Path)
+RESUME_OVERRIDES = ("device", "workers")  # how a resumed run executes, not what it trains
 DEVICES = click.Choice(get_args(Device))
 
 
@@ -40,13 +44,26 @@ def user_errors(command: F) -> F:
             click.echo(f"error: {describe_os_error(error)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo(
-                "interrupted: the last completed step is checkpointed; continue with trainer fit --out RUN --resume",
-                err=True,
-            )
+            click.echo("interrupted", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Finite(click.FloatRange):
+    """A float in a range that is also finite: nan passes every comparison with a bound."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = Finite()
+PROBABILITY = Finite(0, 1)
+# Gain beyond +-40 dB (100x the amplitude either way) is no augmentation, and 10**(dB/20) overflows.
+GAIN_DB = Finite(-40, 40)
 
 
 def batch_options(max_batch_seconds: float | None, batch_size: int) -> BatchOptions:
@@ -66,7 +83,7 @@ def batch_size_options(command: F) -> F:
     )(command)
     return click.option(
         "--max-batch-seconds",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Finite(min=0, min_open=True),
         help="Fill batches up to this much padded audio (replaces --batch-size).",
     )(command)
 
@@ -93,30 +110,30 @@ def augment_options(command: F) -> F:
         ),
         click.option(
             "--augment-noise-prob",
-            type=click.FloatRange(0, 1),
+            type=PROBABILITY,
             default=DEFAULTS.augment.noise_prob,
             help="Share of utterances that get noise.",
         ),
         click.option(
             "--augment-snr-db",
-            type=(float, float),
+            type=(FINITE, FINITE),
             default=DEFAULTS.augment.snr_db,
             help="Noise SNR range in dB (MIN MAX), drawn per utterance.",
         ),
         click.option(
             "--augment-gain-db",
-            type=(float, float),
+            type=(GAIN_DB, GAIN_DB),
             default=DEFAULTS.augment.gain_db,
             help="Gain range in dB (MIN MAX), drawn per utterance.",
         ),
         click.option(
             "--mask-time-prob",
-            type=click.FloatRange(0, 1),
+            type=PROBABILITY,
             help="SpecAugment: share of time steps the model masks in training [default: the base model's].",
         ),
         click.option(
             "--mask-feature-prob",
-            type=click.FloatRange(0, 1),
+            type=PROBABILITY,
             help="SpecAugment: share of feature channels the model masks in training [default: the base model's].",
         ),
     ]
@@ -154,7 +171,7 @@ def exclusion_options(command: F) -> F:
     )
     command = click.option(
         "--exclude-cer-above",
-        type=click.FloatRange(min=0),
+        type=Finite(min=0),
         help="Leave out utterances whose CER in --scores is above this.",
     )(command)
     return click.option(
@@ -165,7 +182,7 @@ def exclusion_options(command: F) -> F:
     )(command)
 
 
-@click.group(context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineErrors, context_settings={"show_default": True, "help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Fine-tune wav2vec2-family models with LoRA (or fully) and CTC from a featstore store."""
 
@@ -182,7 +199,7 @@ def main() -> None:
 )
 @click.option("--lora-r", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_r)
 @click.option("--lora-alpha", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_alpha)
-@click.option("--lora-dropout", type=click.FloatRange(0, 1), default=DEFAULTS.finetune.lora_dropout)
+@click.option("--lora-dropout", type=PROBABILITY, default=DEFAULTS.finetune.lora_dropout)
 @click.option(
     "--lora-targets",
     default=",".join(DEFAULTS.finetune.target_modules),
@@ -202,11 +219,17 @@ def main() -> None:
 @click.option(
     "--grad-accum", type=click.IntRange(min=1), default=DEFAULTS.grad_accum, help="Batches per optimizer step."
 )
-@click.option("--lr", "learning_rate", type=float, default=DEFAULTS.learning_rate, help="Peak AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+@click.option(
+    "--lr",
+    "learning_rate",
+    type=Finite(min=0, min_open=True),
+    default=DEFAULTS.learning_rate,
+    help="Peak AdamW learning rate.",
+)
+@click.option("--weight-decay", type=Finite(min=0), default=DEFAULTS.weight_decay)
 @click.option(
     "--warmup-ratio",
-    type=click.FloatRange(0, 1),
+    type=PROBABILITY,
     default=DEFAULTS.warmup_ratio,
     help="Fraction of steps of linear warm-up (then linear decay).",
 )
@@ -216,7 +239,9 @@ def main() -> None:
     default=DEFAULTS.schedule,
     help="After warm-up: linear decay to zero, or constant.",
 )
-@click.option("--max-grad-norm", type=float, default=DEFAULTS.max_grad_norm, help="Gradient clipping norm.")
+@click.option(
+    "--max-grad-norm", type=Finite(min=0, min_open=True), default=DEFAULTS.max_grad_norm, help="Gradient clipping norm."
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs)
 @click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps to train (replaces --epochs).")
 @click.option(
@@ -276,8 +301,11 @@ def fit_command(
 ) -> None:
     """Train a run directory: processor, adapter (or model), checkpoints, metrics."""
     from trainer.fit import fit  # torch and transformers load only for commands that need them
+    from trainer.run import interrupted_message
 
-    if store is None and not resume:
+    if resume:
+        refuse_settings_on_resume(click.get_current_context())
+    elif store is None:
         raise TrainerError("--store is required (unless continuing a run with --resume)")
     augment = parse_augment(
         augment_speeds,
@@ -288,6 +316,7 @@ def fit_command(
         mask_time_prob,
         mask_feature_prob,
     )
+    inputs = [path for path in (exclude_list, scores) if path is not None]  # beside the config's stores
     # A resumed run keeps the exclusion its run.json recorded.
     exclusion = Exclusion() if resume else resolve_exclusion(store, exclude_list, exclude_cer_above, scores)
     targets = tuple(t.strip() for t in lora_targets.split(",") if t.strip())
@@ -302,7 +331,12 @@ def fit_command(
         exclusion=exclusion,
         **training,
     )
-    result = fit(config, out, resume=resume, overwrite=overwrite)
+    overrides = {name: training[name] for name in RESUME_OVERRIDES if given(click.get_current_context(), name)}
+    try:
+        result = fit(config, out, resume=resume, overwrite=overwrite, inputs=inputs, overrides=overrides)
+    except KeyboardInterrupt:
+        click.echo(interrupted_message(out), err=True)
+        sys.exit(130)
     if not result.main_process:
         return
     if result.best is not None:
@@ -312,6 +346,22 @@ def fit_command(
     click.echo(
         f"trained {result.steps} steps in {result.seconds:.0f} s; final weights from step {result.final_step} in {out}"
     )
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether the user gave parameter `name` (on the command line or in the environment)."""
+    return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def refuse_settings_on_resume(ctx: click.Context) -> None:
+    """--resume continues with the run's saved settings: refuse any other setting rather than ignore it."""
+    allowed = {"out", "resume", *RESUME_OVERRIDES}
+    ignored = [p.opts[0] for p in ctx.command.params if p.name not in allowed and p.name and given(ctx, p.name)]
+    if ignored:
+        raise TrainerError(
+            f"--resume continues the run with its saved settings; drop {', '.join(ignored)} "
+            f"(only {', '.join('--' + name for name in RESUME_OVERRIDES)} may change), or start a new run"
+        )
 
 
 @main.command("evaluate")

@@ -27,7 +27,13 @@ class Exclusion:
     source: str = ""  # e.g. "bad.txt" or "cer > 0.6 in scores.csv"
 
     def kept(self, count: int) -> np.ndarray:
-        """Store indices that train, in store order."""
+        """Store indices that train, in store order (of a store of `count` utterances)."""
+        outside = [index for index in self.indices if not 0 <= index < count]
+        if outside:
+            raise TrainerError(
+                f"the exclusion ({self.source}) names utterance {outside[0]}, but the store has {count}: "
+                "the run's store has changed since the run started"
+            )
         keep = np.ones(count, dtype=bool)
         keep[list(self.indices)] = False
         return np.flatnonzero(keep)
@@ -42,6 +48,11 @@ def filepath_indices(store: FeatStore) -> dict[str, int]:
     return {str(store.record(i)["audio_filepath"]): i for i in range(len(store))}
 
 
+def is_index(entry: str) -> bool:
+    """ASCII digits only: str.isdigit also takes '²' (which int() refuses) and other scripts' digits."""
+    return entry.isascii() and entry.isdigit()
+
+
 def exclusion_from_list(path: Path, store: FeatStore) -> Exclusion:
     """Lines of store indices or audio_filepaths (blank lines and `#` comments skipped)."""
     try:
@@ -50,10 +61,10 @@ def exclusion_from_list(path: Path, store: FeatStore) -> Exclusion:
         raise TrainerError(f"{path}: cannot read the exclusion list ({error})") from None
     entries = [line.split("#", 1)[0].strip() for line in lines]
     entries = [entry for entry in entries if entry]
-    by_path = filepath_indices(store) if any(not entry.isdigit() for entry in entries) else {}
+    by_path = filepath_indices(store) if any(not is_index(entry) for entry in entries) else {}
     indices = set()
     for entry in entries:
-        index = int(entry) if entry.isdigit() else by_path.get(entry)
+        index = int(entry) if is_index(entry) else by_path.get(entry)
         if index is None or not 0 <= index < len(store):
             raise TrainerError(f"{path}: entry {entry!r} is neither an index nor an audio_filepath of the store")
         indices.add(index)
