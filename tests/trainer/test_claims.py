@@ -1,0 +1,170 @@
+"""What the trainer may delete or replace (`trainer.claims`), and the settings it refuses.
+
+Each case is one a hostile user tried: an output that would have lost the user's data, or an
+input that crashed the command or silently changed what it trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trainer.cli import main
+from trainer.config import RunConfig
+from trainer.errors import TrainerError
+from trainer.exclude import Exclusion
+from trainer.fit import fit
+from trainer.run import STARTING, RunDir, claim_run_dir, interrupted_message
+
+from helpers import tiny_lora_config
+
+TINY = ("--base-model", "tiny-random", "--batch-size", "3", "--grad-accum", "1", "--device", "cpu")
+TINY_FIT = (*TINY, "--max-steps", "1", "--no-gradient-checkpointing", "--logging-steps", "1")
+
+
+@pytest.fixture(scope="module")
+def run_dir(stores, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("claims") / "run"
+    fit(tiny_lora_config(stores.small, max_steps=1), out)
+    return out
+
+
+def invoke(*args: str | Path):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_user_error(result, *words: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def digest(path: Path) -> dict[str, str]:
+    """Every file under `path` (or `path` itself) by its content."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def copy_run(run_dir: Path, to: Path) -> Path:
+    shutil.copytree(run_dir, to)
+    return to
+
+
+def test_overwrite_refuses_a_run_json_that_a_trainer_did_not_write(stores, tmp_path: Path) -> None:
+    (tmp_path / "run.json").write_text('{"my": "notes"}')
+    (tmp_path / "results.txt").write_text("keep me")
+    before = digest(tmp_path)
+    result = invoke("fit", "--store", stores.small, "--out", tmp_path, *TINY_FIT, "--overwrite")
+    assert_user_error(result, "not a trainer run directory")
+    assert digest(tmp_path) == before
+
+
+def test_overwrite_refuses_a_run_that_holds_anything_else(stores, run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path / "run")
+    (run / "notes.txt").write_text("my notes on this run")
+    before = digest(run)
+    result = invoke("fit", "--store", stores.small, "--out", run, *TINY_FIT, "--overwrite")
+    assert_user_error(result, "'notes.txt'", "no trainer run writes")
+    assert digest(run) == before
+
+
+def test_a_run_may_not_hold_or_lie_in_its_store(stores, run_dir: Path, tmp_path: Path) -> None:
+    run = copy_run(run_dir, tmp_path / "run")
+    store = shutil.copytree(stores.small, run / "feats.zarr")
+    before = digest(run)
+    assert_user_error(invoke("fit", "--store", store, "--out", run, *TINY_FIT, "--overwrite"), "holds the input")
+    assert digest(run) == before
+    inside = invoke("fit", "--store", store, "--out", store / "run", *TINY_FIT)
+    assert_user_error(inside, "lies inside the input")
+    assert not (store / "run").exists()
+
+
+def test_a_table_replaces_only_a_table_of_its_kind(stores, run_dir: Path, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    store = shutil.copytree(stores.small, tmp_path / "feats.zarr")
+    before = {**digest(notes), **digest(store), **digest(run_dir)}
+    for command in ("score", "transcribe"):
+        assert_user_error(invoke(command, "--store", store, "--run", run_dir, "--out", notes), "is not a")
+        assert_user_error(
+            invoke(command, "--store", store, "--run", run_dir, "--out", store / "zarr.json"), "inside the input"
+        )
+        assert_user_error(invoke(command, "--store", store, "--run", run_dir, "--out", run_dir / "run.json"), "is not a")
+        folder = tmp_path / "tables"
+        folder.mkdir(exist_ok=True)
+        assert_user_error(invoke(command, "--store", store, "--run", run_dir, "--out", folder), "is a directory")
+    if Path("/dev/null").exists():
+        assert_user_error(invoke("score", "--store", store, "--run", run_dir, "--out", "/dev/null"), "not a regular file")
+    assert {**digest(notes), **digest(store), **digest(run_dir)} == before
+    assert not list(tmp_path.rglob("*.partial"))
+    # A table of its own kind is replaced, beside the run's files too.
+    scores = run_dir.parent / "scores.csv"
+    for _ in range(2):
+        assert invoke("score", "--store", store, "--run", run_dir, "--out", scores).exit_code == 0
+    assert scores.read_text().startswith("index,audio_filepath,loss_per_char,")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--lr", "nan"),
+        ("--lr", "-1"),
+        ("--max-batch-seconds", "inf"),
+        ("--max-grad-norm", "nan"),
+        ("--augment-snr-db", "nan", "10"),
+        ("--augment-gain-db", "1000", "1000"),
+        ("--augment-noise-prob", "nan"),
+        ("--mask-time-prob", "nan"),
+    ],
+)
+def test_numbers_that_are_not_finite_or_in_range_are_refused(stores, tmp_path: Path, option) -> None:
+    result = invoke("fit", "--store", stores.small, "--out", tmp_path / "run", *TINY_FIT, *option)
+    assert_user_error(result, option[0])
+    assert not (tmp_path / "run").exists()
+
+
+def test_exclusion_indices_are_ascii_digits(stores, tmp_path: Path) -> None:
+    for entry in ("²", "١"):  # str.isdigit takes both; int() refuses the first and reads the second as 1
+        listing = tmp_path / "exclude.txt"
+        listing.write_text(entry + "\n", encoding="utf-8")
+        result = invoke("fit", "--store", stores.small, "--out", tmp_path / "run", *TINY_FIT, "--exclude", listing)
+        assert_user_error(result, repr(entry))
+    with pytest.raises(TrainerError, match="the run's store has changed"):
+        Exclusion((0, 999), "bad.txt").kept(10)
+
+
+def test_resume_refuses_settings_it_would_ignore(run_dir: Path) -> None:
+    before = digest(run_dir)
+    result = invoke("fit", "--out", run_dir, "--resume", "--lr", "5", "--max-steps", "90")
+    assert_user_error(result, "--lr", "--max-steps", "saved settings")
+    assert digest(run_dir) == before
+
+
+def test_a_run_stopped_in_its_setup_is_overwritten_not_resumed(stores, run_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "processor").mkdir()
+    meta = json.loads(RunDir(run_dir).run_file.read_text())
+    (run / "run.json").write_text(json.dumps({**meta, "status": STARTING}))
+    with pytest.raises(TrainerError, match="--overwrite"):
+        claim_run_dir(run, resume=True, overwrite=False)
+    claim_run_dir(run, resume=False, overwrite=True)  # ours: may be deleted
+    assert "--overwrite" in interrupted_message(run)
+    assert "--resume" in interrupted_message(run_dir)
+
+
+def test_run_json_records_absolute_paths(stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run made with relative paths means the same from any directory (evaluate, --resume)."""
+    monkeypatch.chdir(stores.small.parent)
+    config = RunConfig(store=stores.small.name, eval_store=stores.small.name, base_model="tiny-random")
+    absolute = config.with_absolute_paths()
+    assert absolute.store == absolute.eval_store == str(stores.small)
+    assert absolute.base_model == "tiny-random"
+    assert RunConfig(store="s3://bucket/feats.zarr").with_absolute_paths().store == "s3://bucket/feats.zarr"
