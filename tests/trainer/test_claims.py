@@ -168,3 +168,11 @@ def test_run_json_records_absolute_paths(stores, tmp_path: Path, monkeypatch: py
     assert absolute.store == absolute.eval_store == str(stores.small)
     assert absolute.base_model == "tiny-random"
     assert RunConfig(store="s3://bucket/feats.zarr").with_absolute_paths().store == "s3://bucket/feats.zarr"
+
+
+def test_noise_from_the_training_store_is_warned_of(stores, tmp_path: Path) -> None:
+    store = shutil.copytree(stores.small, tmp_path / "feats.zarr")
+    result = invoke("fit", "--store", store, "--out", store / "run", *TINY_FIT, "--augment-noise-store", store)
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "warning: --augment-noise-store is the training store: its speech becomes the noise"
+    assert result.exit_code == 2 and lines[-1].startswith("error: ") and "inside the input" in lines[-1]

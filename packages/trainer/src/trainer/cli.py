@@ -316,6 +316,8 @@ def fit_command(
         mask_time_prob,
         mask_feature_prob,
     )
+    if store is not None and augment_noise_store is not None and store.resolve() == augment_noise_store.resolve():
+        click.echo("warning: --augment-noise-store is the training store: its speech becomes the noise", err=True)
     inputs = [path for path in (exclude_list, scores) if path is not None]  # beside the config's stores
     # A resumed run keeps the exclusion its run.json recorded.
     exclusion = Exclusion() if resume else resolve_exclusion(store, exclude_list, exclude_cer_above, scores)
