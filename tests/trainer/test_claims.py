@@ -96,12 +96,16 @@ def test_a_table_replaces_only_a_table_of_its_kind(stores, run_dir: Path, tmp_pa
         assert_user_error(
             invoke(command, "--store", store, "--run", run_dir, "--out", store / "zarr.json"), "inside the input"
         )
-        assert_user_error(invoke(command, "--store", store, "--run", run_dir, "--out", run_dir / "run.json"), "is not a")
+        assert_user_error(
+            invoke(command, "--store", store, "--run", run_dir, "--out", run_dir / "run.json"), "is not a"
+        )
         folder = tmp_path / "tables"
         folder.mkdir(exist_ok=True)
         assert_user_error(invoke(command, "--store", store, "--run", run_dir, "--out", folder), "is a directory")
     if Path("/dev/null").exists():
-        assert_user_error(invoke("score", "--store", store, "--run", run_dir, "--out", "/dev/null"), "not a regular file")
+        assert_user_error(
+            invoke("score", "--store", store, "--run", run_dir, "--out", "/dev/null"), "not a regular file"
+        )
     assert {**digest(notes), **digest(store), **digest(run_dir)} == before
     assert not list(tmp_path.rglob("*.partial"))
     # A table of its own kind is replaced, beside the run's files too.
@@ -176,3 +180,12 @@ def test_noise_from_the_training_store_is_warned_of(stores, tmp_path: Path) -> N
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "warning: --augment-noise-store is the training store: its speech becomes the noise"
     assert result.exit_code == 2 and lines[-1].startswith("error: ") and "inside the input" in lines[-1]
+
+
+def test_a_diverging_run_is_warned_of_once(stores, tmp_path: Path) -> None:
+    said: list[str] = []
+    fit(
+        tiny_lora_config(stores.small, learning_rate=1e8, max_steps=4, eval_steps=4), tmp_path / "run", echo=said.append
+    )
+    warnings = [line for line in said if line.startswith("warning: the training loss is")]
+    assert len(warnings) == 1 and "diverged" in warnings[0], said

@@ -131,6 +131,7 @@ class Training:
     echo: Echo
     started: float
     losses: list[float] = field(default_factory=list)  # since the last logged step
+    loss_finite: bool = True  # the last logged loss was a number (a warning marks the change)
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,9 @@ def after_step(t: Training, bar: tqdm[Any]) -> None:
         append_metrics(t.run.metrics, record)
         bar.set_postfix(loss=f"{loss:.3f}")
         t.losses = []
+        if t.loss_finite and not math.isfinite(loss):
+            t.echo(f"warning: the training loss is {loss} at step {step}: training diverged; lower --lr")
+        t.loss_finite = math.isfinite(loss)
     if step % t.config.eval_steps == 0 or step == t.total_steps:
         evaluate_and_checkpoint(t)
 
