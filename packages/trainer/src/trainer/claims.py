@@ -1,7 +1,8 @@
 """What the trainer may delete or replace, proven before it does: its own run directories and tables.
 
 `fit --overwrite` deletes a directory only when its run.json is a trainer run description and
-everything beside it is something a run writes. `score` and `transcribe` replace a file only
+everything in it is something a run writes; `export --overwrite` replaces only an export (its
+`trainer-export.json` says so) that holds nothing else. `score` and `transcribe` replace a file only
 when it is a table of the kind they write (its header says so), and never inside a store. A run
 directory may be, hold or lie inside none of the run's inputs (stores, a local base model).
 """
@@ -9,6 +10,7 @@ directory may be, hold or lie inside none of the run's inputs (stores, a local b
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -18,6 +20,12 @@ from trainer.errors import TrainerError
 RUN_ENTRIES = frozenset(
     {"run.json", "processor", "base", "adapter", "model", "checkpoints", "metrics.jsonl", "metrics.png"}
 )
+# The kinds of file the trainer writes anywhere in a run or an export (weights, configs,
+# tokenizer files, checkpoints, metrics; peft adds a README.md); anything else is the user's.
+OWN_SUFFIXES = frozenset({".json", ".jsonl", ".safetensors", ".pt", ".png"})
+OWN_NAMES = frozenset({"README.md"})
+PARTIAL = re.compile(r".+\.[0-9a-f]{8}\.partial")  # what an atomic write leaves when it is cut short
+EXPORT_MARKER = "trainer-export.json"  # written into every export: proof that --overwrite may replace it
 HEADER_BYTES = 1 << 16  # a table's header row is far shorter
 
 
@@ -39,11 +47,32 @@ def check_apart(out: Path, inputs: Iterable[str | Path | None]) -> None:
 
 def check_run_deletable(path: Path) -> None:
     """Refuse to delete a run directory that holds anything a run does not write."""
-    strangers = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES and not p.name.endswith(".partial"))
+    strangers = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES and not PARTIAL.fullmatch(p.name))
     if strangers:
         raise TrainerError(
             f"{path} holds {strangers[0]!r}, which no trainer run writes; refusing to delete it with --overwrite"
         )
+    check_files_are_ours(path)
+
+
+def check_export_deletable(path: Path) -> None:
+    """Refuse to replace a directory that `trainer export` did not write, or that holds more."""
+    if not (path / EXPORT_MARKER).is_file():
+        raise TrainerError(f"{path} is not a trainer export (no {EXPORT_MARKER}); refusing to replace it")
+    strangers = sorted(p.name for p in path.iterdir() if p.is_dir())
+    if strangers:
+        raise TrainerError(f"{path} holds the folder {strangers[0]!r}, which no export writes; refusing to replace it")
+    check_files_are_ours(path)
+
+
+def check_files_are_ours(path: Path) -> None:
+    """Refuse when any file below `path` is of a kind the trainer never writes, or is a link."""
+    for entry in sorted(path.rglob("*")):
+        within = entry.relative_to(path)
+        if any(PARTIAL.fullmatch(part) for part in within.parts):
+            continue  # an atomic write cut short: ours
+        if entry.is_symlink() or (entry.is_file() and entry.suffix not in OWN_SUFFIXES and entry.name not in OWN_NAMES):
+            raise TrainerError(f"{path} holds {str(within)!r}, which the trainer never writes; refusing to delete it")
 
 
 def header_row(path: Path) -> list[str] | None:

@@ -6,6 +6,7 @@ The result loads with `AutoModelForCTC.from_pretrained(DIR)` and with
 
 from __future__ import annotations
 
+import json
 import shutil
 import uuid
 from pathlib import Path
@@ -13,19 +14,34 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
+from trainer.claims import EXPORT_MARKER, check_apart, check_export_deletable
 from trainer.errors import TrainerError
-from trainer.run import load_trained
+from trainer.run import load_trained, read_run, run_config
 
 
 def export_run(run_path: Path, out: Path, overwrite: bool = False) -> Path:
-    """Write model + processor to `out` (built beside it, then renamed into place)."""
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise TrainerError(f"{out} already exists; pass --overwrite to replace it")
+    """Write model + processor to `out` (built beside it, then renamed into place).
+
+    `out` may not be, hold or lie in the run or its inputs; an existing one is replaced only
+    with `overwrite` and only when it is an export (`trainer.claims`).
+    """
+    _, meta = read_run(run_path)
+    check_apart(out, [run_path, *run_config(meta).input_paths()])
+    if out.is_symlink():
+        raise TrainerError(f"{out} is a symbolic link; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise TrainerError(f"{out} exists and is not a directory; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainerError(f"{out} already exists; pass --overwrite to replace it")
+        check_export_deletable(out)
     model, processor, _ = load_trained(run_path, torch.device("cpu"))
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     partial = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.partial")
     merged.save_pretrained(str(partial))  # type: ignore[operator]
     processor.save_pretrained(str(partial))
+    marker = {"format": "trainer-export", "format_version": 1, "run": str(run_path.absolute())}
+    (partial / EXPORT_MARKER).write_text(json.dumps(marker, indent=1, ensure_ascii=False), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
