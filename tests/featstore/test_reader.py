@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from featstore import FeatStore, open_store
+from featstore import FeatStore, FeatstoreError, open_store
 from featstore.audio import QuantizedClip, SourceLevels
 from featstore.chunks import CHUNK_SAMPLES
 from featstore.index import CompleteShards, consolidate_index
@@ -169,7 +169,7 @@ def test_ranks_split_an_epoch_without_dropping_or_repeating(world_size: int) -> 
 
 def test_an_epoch_too_small_for_the_ranks_is_an_error_not_a_hang() -> None:
     sampler = DurationBucketSampler(np.array([1.0, 2.0]), batch_size=1, world_size=3)
-    with pytest.raises(ValueError, match="cannot be split evenly across 3 ranks"):
+    with pytest.raises(FeatstoreError, match="cannot be split evenly across 3 ranks"):
         sampler.rank_batches()
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from featstore.errors import FeatstoreError
+
 SORT_WINDOW = 4  # batches per window sorted by duration: padding ~0.5% with a reader cache of a few MB
 
 
@@ -228,5 +230,5 @@ def _divisible(batches: list[list[int]], world_size: int) -> list[list[int]]:
         half = len(batch) // 2
         batches[largest:largest] = [batch[:half], batch[half:]]
     if len(batches) % world_size:
-        raise ValueError(f"{sum(map(len, batches))} utterances cannot be split evenly across {world_size} ranks")
+        raise FeatstoreError(f"{sum(map(len, batches))} utterances cannot be split evenly across {world_size} ranks")
     return batches

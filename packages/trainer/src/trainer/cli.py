@@ -64,6 +64,7 @@ FINITE = Finite()
 PROBABILITY = Finite(0, 1)
 # Gain beyond +-40 dB (100x the amplitude either way) is no augmentation, and 10**(dB/20) overflows.
 GAIN_DB = Finite(-40, 40)
+SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators take
 
 
 def batch_options(max_batch_seconds: float | None, batch_size: int) -> BatchOptions:
@@ -257,7 +258,7 @@ def main() -> None:
     default=DEFAULTS.keep_best,
     help="Checkpoints kept (best by eval WER), plus the latest.",
 )
-@click.option("--seed", type=int, default=DEFAULTS.seed)
+@click.option("--seed", type=SEED, default=DEFAULTS.seed)
 @click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS.workers, help="DataLoader worker processes.")
 @click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=DEFAULTS.gradient_checkpointing)
 @click.option(
@@ -429,7 +430,7 @@ def export_command(run_dir: Path, out: Path, overwrite: bool) -> None:
 @click.option("--store", required=True, type=PATH)
 @batch_size_options
 @click.option("--world-size", type=click.IntRange(min=1), default=1, help="Processes the epoch is split across.")
-@click.option("--seed", type=int, default=0)
+@click.option("--seed", type=SEED, default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def plan_command(

@@ -16,7 +16,7 @@ from trainer.data import StoreDataset, make_loader
 from trainer.errors import TrainerError
 from trainer.inference import Scores, pick_device, score, transcribe_batches
 from trainer.run import load_trained, read_run, run_config
-from trainer.stores import open_checked
+from trainer.stores import check_scorable, open_checked
 from trainer.vocab import load_processor, unseen_characters
 
 
@@ -36,6 +36,7 @@ def evaluate_run(
     store = open_checked(store_path, need_text=True)
     run, meta = read_run(run_path)
     texts = [run_config(meta).text.normalize(t) for t in store.texts]
+    check_scorable(store_path, texts)
     check_alphabet(store_path, texts, load_processor(run.processor), warn)  # before the model loads
     device = pick_device(device_name)
     model, processor, config = load_trained(run_path, device)

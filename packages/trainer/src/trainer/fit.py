@@ -56,7 +56,7 @@ from trainer.run import (
     run_config,
     write_run_file,
 )
-from trainer.stores import open_checked
+from trainer.stores import check_scorable, open_checked
 from trainer.vocab import PAD, build_processor, build_vocab, load_processor
 
 Echo = Callable[[str], None]
@@ -175,7 +175,7 @@ def fit(
     seed_everything(config.seed)
     train_store = open_checked(config.store, need_text=True)
     eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
-    check_data_options(config, train_store)
+    check_data_options(config, train_store, eval_store, d.world_size)
     processor, base = build_processor_and_base(config, run, d, train_store, eval_store, resume)
     model, device = build_model(base, config, d)
     trainable, total = count_parameters(model)
@@ -263,10 +263,16 @@ def build_model(base: PreTrainedModel, config: RunConfig, d: Distributed) -> tup
     return model, device
 
 
-def check_data_options(config: RunConfig, train_store: FeatStore) -> None:
-    """Fail on the exclusion and noise store before anything is written to the run directory."""
-    if len(config.exclusion.indices) >= len(train_store):
+def check_data_options(config: RunConfig, train_store: FeatStore, eval_store: FeatStore | None, ranks: int) -> None:
+    """Fail on the exclusion, the noise store, an eval store that cannot be scored, or more
+    processes than utterances, before anything is written to the run directory."""
+    kept = len(train_store) - len(config.exclusion.indices)
+    if kept <= 0:
         raise TrainerError(f"{config.store}: every utterance is excluded; nothing is left to train on")
+    if kept < ranks:
+        raise TrainerError(f"{config.store}: {kept} utterances cannot give each of {ranks} processes a batch")
+    if eval_store is not None:
+        check_scorable(config.eval_store or "", [config.text.normalize(t) for t in eval_store.texts])
     if config.augment.noise_store is not None:
         open_checked(config.augment.noise_store)
 

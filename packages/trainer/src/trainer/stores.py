@@ -19,3 +19,10 @@ def open_checked(path: str | Path, need_text: bool = False) -> FeatStore:
     if need_text and not any(text.strip() for text in store.texts):
         raise TrainerError(f"{path}: no utterance has text; training and evaluation need transcripts")
     return store
+
+
+def check_scorable(path: str | Path, texts: list[str]) -> None:
+    """Refuse a store whose every transcript is empty once normalized (e.g. only punctuation, with
+    --strip-punctuation): no WER could be computed, and a run would pick its best step from NaN."""
+    if not any(text.strip() for text in texts):
+        raise TrainerError(f"{path}: no transcript has any text left after normalization; nothing can be scored")
