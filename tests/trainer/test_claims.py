@@ -15,11 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from trainer.cli import main
-from trainer.config import RunConfig
+from trainer.config import RunConfig, TextOptions
 from trainer.errors import TrainerError
 from trainer.exclude import Exclusion
 from trainer.fit import fit
 from trainer.run import STARTING, RunDir, claim_run_dir, interrupted_message
+from trainer.stores import check_scorable
 
 from helpers import tiny_lora_config
 
@@ -189,3 +190,56 @@ def test_a_diverging_run_is_warned_of_once(stores, tmp_path: Path) -> None:
     )
     warnings = [line for line in said if line.startswith("warning: the training loss is")]
     assert len(warnings) == 1 and "diverged" in warnings[0], said
+
+
+def test_overwrite_looks_inside_what_it_would_delete(stores, run_dir: Path, tmp_path: Path) -> None:
+    """A run.json copied into a user's folder does not make the files below it the trainer's."""
+    fake = tmp_path / "fake"
+    (fake / "model").mkdir(parents=True)
+    shutil.copy(RunDir(run_dir).run_file, fake / "run.json")
+    (fake / "model" / "thesis.tex").write_text("mine")
+    (fake / "notes.partial").write_text("mine too")
+    before = digest(fake)
+    result = invoke("fit", "--store", stores.small, "--out", fake, *TINY_FIT, "--overwrite")
+    assert_user_error(result, "'notes.partial'")
+    (fake / "notes.partial").unlink()
+    result = invoke("fit", "--store", stores.small, "--out", fake, *TINY_FIT, "--overwrite")
+    assert_user_error(result, "thesis.tex", "never writes")
+    assert digest(fake) == {k: v for k, v in before.items() if not k.endswith("notes.partial")}
+
+
+def test_export_replaces_only_an_export(stores, run_dir: Path, tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    store = shutil.copytree(stores.small, tmp_path / "feats.zarr")
+    before = {**digest(user), **digest(store), **digest(run_dir)}
+    for out, words in (
+        (user, ("not a trainer export",)),
+        (store, ("not a trainer export",)),
+        (run_dir, ("lies inside the input",)),
+        (run_dir / "adapter", ("lies inside the input",)),
+        (run_dir.parent, ("holds the input",)),
+    ):
+        assert_user_error(invoke("export", "--run", run_dir, "--out", out, "--overwrite"), *words)
+    assert {**digest(user), **digest(store), **digest(run_dir)} == before
+    merged = tmp_path / "merged"
+    for _ in range(2):  # an export is replaced by the next
+        assert invoke("export", "--run", run_dir, "--out", merged, "--overwrite").exit_code == 0
+    assert json.loads((merged / "trainer-export.json").read_text())["run"] == str(run_dir)
+    (merged / "my-eval.csv").write_text("mine")
+    assert_user_error(invoke("export", "--run", run_dir, "--out", merged, "--overwrite"), "my-eval.csv")
+
+
+def test_seeds_and_world_sizes_out_of_range_are_one_line(stores, tmp_path: Path) -> None:
+    for seed in ("-1", str(2**32)):
+        assert_user_error(invoke("fit", "--store", stores.small, "--out", tmp_path / "run", *TINY_FIT, "--seed", seed))
+        assert_user_error(invoke("plan", "--store", stores.small, "--seed", seed), "--seed")
+    assert_user_error(invoke("plan", "--store", stores.small, "--world-size", "1000"), "1000 ranks")
+
+
+def test_a_store_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
+    normalize = TextOptions(strip_punctuation=True).normalize
+    with pytest.raises(TrainerError, match="nothing can be scored"):
+        check_scorable(tmp_path / "eval.zarr", [normalize("?! ..."), normalize("¿?")])
+    check_scorable(tmp_path / "eval.zarr", [normalize("?!"), normalize("a b")])
