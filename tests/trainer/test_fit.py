@@ -10,6 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import trainer.fit
 from trainer.cli import main
 from trainer.fit import fit
 from trainer.metrics import read_metrics
@@ -49,6 +50,32 @@ def test_interrupted_fit_resumes_exactly(stores, tmp_path: Path) -> None:
     assert [s for s, _ in losses(tmp_path / "resumed")] == list(range(1, 7))
     for (_, a), (_, b) in zip(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), strict=True):
         assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_a_run_interrupted_inside_a_step_resumes_exactly(stores, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C during a forward pass: its dropout draws must not reach the checkpoint of the step before."""
+    config = tiny_lora_config(stores.small, grad_accum=2, max_steps=6, eval_steps=10)
+    straight = fit(config, tmp_path / "straight")
+
+    real = trainer.fit.forward_backward
+    calls = []
+
+    def interrupted_in_step_4(*args, **kwargs):
+        loss = real(*args, **kwargs)  # the forward pass has drawn its dropout masks
+        calls.append(loss)
+        if len(calls) == 7:  # the first batch of step 4 (two batches a step)
+            raise KeyboardInterrupt
+        return loss
+
+    monkeypatch.setattr(trainer.fit, "forward_backward", interrupted_in_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "resumed")
+    monkeypatch.setattr(trainer.fit, "forward_backward", real)
+    assert RunDir(tmp_path / "resumed").checkpoint_steps() == [3]
+    resumed = fit(config, tmp_path / "resumed", resume=True)
+    expected, actual = trainable_state(straight.model), trainable_state(resumed.model)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_fit_keeps_best_checkpoints_metrics_and_plot(stores, tmp_path: Path) -> None:

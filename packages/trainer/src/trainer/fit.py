@@ -132,6 +132,9 @@ class Training:
     started: float
     losses: list[float] = field(default_factory=list)  # since the last logged step
     loss_finite: bool = True  # the last logged loss was a number (a warning marks the change)
+    # (step, RNG states) as that step finished: what a checkpoint taken on Ctrl-C must hold, since
+    # the interrupted step's forward passes have drawn dropout masks from the generators since.
+    step_rng: tuple[int, dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -380,7 +383,8 @@ def train(t: Training, on_step: Callable[[int], None] | None) -> None:
             train_epoch(t, bar, on_step)
     except KeyboardInterrupt:
         if t.dist.is_main and t.progress.step and t.progress.step not in t.run.checkpoint_steps():
-            save_checkpoint(t)
+            rng = t.step_rng[1] if t.step_rng is not None and t.step_rng[0] == t.progress.step else None
+            save_checkpoint(t, rng)
         raise
     finally:
         bar.close()
@@ -409,6 +413,7 @@ def train_epoch(t: Training, bar: tqdm[Any], on_step: Callable[[int], None] | No
         after_step(t, bar)
         if on_step is not None:
             on_step(t.progress.step)
+        t.step_rng = (t.progress.step, rng_states())
         if t.progress.step >= t.total_steps:
             return
     sampler.set_epoch(sampler.epoch + 1)
@@ -536,8 +541,21 @@ class UnreadableCheckpoint(Exception):
     """A checkpoint that does not read back whole (cut short, or from another model)."""
 
 
-def save_checkpoint(t: Training) -> None:
-    """Write the checkpoint of the current step atomically: built in a sibling directory, then renamed."""
+def rng_states() -> dict[str, Any]:
+    """Every generator training draws from (dropout, masking), to restore on resume."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def save_checkpoint(t: Training, rng: dict[str, Any] | None = None) -> None:
+    """Write the checkpoint of the current step atomically: built in a sibling directory, then renamed.
+
+    `rng`: the generators' states as the step finished, when they have moved on since (Ctrl-C).
+    """
     o = t.optimisation
     state = {
         "progress": asdict(t.progress),
@@ -546,12 +564,7 @@ def save_checkpoint(t: Training) -> None:
         "optimizer": o.optimizer.state_dict(),
         "scheduler": o.scheduler.state_dict(),
         "scaler": o.scaler.state_dict(),
-        "rng": {
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng": rng if rng is not None else rng_states(),
     }
     path = t.run.checkpoint(t.progress.step)
     partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
