@@ -111,6 +111,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint(stores, tmp_path: Path) -
 
     assert f"warning: {run.checkpoint(4)} is unreadable" in result.output
     assert "resuming at step 2" in result.output
+    assert "trained 2 steps (steps 3-4)" in result.output
     assert run.checkpoint_steps() == [2, 4]
     torch.load(latest, weights_only=False)  # step 4 trained again and written whole
     assert [r["step"] for r in read_metrics(run.metrics) if "loss" in r] == [1, 2, 3, 4]

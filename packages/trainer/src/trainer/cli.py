@@ -319,6 +319,8 @@ def fit_command(
     )
     if store is not None and augment_noise_store is not None and store.resolve() == augment_noise_store.resolve():
         click.echo("warning: --augment-noise-store is the training store: its speech becomes the noise", err=True)
+    if store is not None and eval_store is not None and store.resolve() == eval_store.resolve():
+        click.echo("warning: --eval-store is the training store: its scores say nothing of unseen speech", err=True)
     inputs = [path for path in (exclude_list, scores) if path is not None]  # beside the config's stores
     # A resumed run keeps the exclusion its run.json recorded.
     exclusion = Exclusion() if resume else resolve_exclusion(store, exclude_list, exclude_cer_above, scores)
@@ -346,9 +348,10 @@ def fit_command(
         click.echo(
             f"best eval at step {int(result.best['step'])}: WER {result.best['wer']:.4f}  CER {result.best['cer']:.4f}"
         )
-    click.echo(
-        f"trained {result.steps} steps in {result.seconds:.0f} s; final weights from step {result.final_step} in {out}"
-    )
+    trained = f"trained {result.steps - result.first_step} steps"
+    if result.first_step:
+        trained += f" (steps {result.first_step + 1}-{result.steps})" if result.steps > result.first_step else ""
+    click.echo(f"{trained} in {result.seconds:.0f} s; final weights from step {result.final_step} in {out}")
 
 
 def given(ctx: click.Context, name: str) -> bool:

@@ -141,13 +141,14 @@ class Training:
 class FitResult:
     model: torch.nn.Module  # the final weights, unwrapped from DDP (a PeftModel for LoRA)
     run_dir: Path
-    steps: int
+    steps: int  # the run's steps in all
     final_step: int  # the checkpoint whose weights became the final model
     best: dict[str, float] | None
     trainable_parameters: int
     total_parameters: int
     seconds: float
     main_process: bool  # rank 0 (or the only process): the one that reports
+    first_step: int = 0  # where this call started: the step a resumed run continued from
 
 
 def fit(
@@ -205,6 +206,7 @@ def fit(
         echo,
         started,
     )
+    first_step = progress.step
     train(training, on_step)
     final_step = finish(training)
     return FitResult(
@@ -217,6 +219,7 @@ def fit(
         total,
         time.monotonic() - started,
         d.is_main,
+        first_step,
     )
 
 
