@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+import trainer.fit
 from trainer.cli import main
 from trainer.config import RunConfig, TextOptions
 from trainer.errors import TrainerError
 from trainer.exclude import Exclusion
-from trainer.fit import fit
-from trainer.run import STARTING, RunDir, claim_run_dir, interrupted_message
+from trainer.fit import SetupInterrupted, fit
+from trainer.run import RunDir, interrupted_message
 from trainer.stores import check_scorable
 
 from helpers import tiny_lora_config
@@ -152,17 +155,29 @@ def test_resume_refuses_settings_it_would_ignore(run_dir: Path) -> None:
     assert digest(run_dir) == before
 
 
-def test_a_run_stopped_in_its_setup_is_overwritten_not_resumed(stores, run_dir: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "processor").mkdir()
-    meta = json.loads(RunDir(run_dir).run_file.read_text())
-    (run / "run.json").write_text(json.dumps({**meta, "status": STARTING}))
-    with pytest.raises(TrainerError, match="--overwrite"):
-        claim_run_dir(run, resume=True, overwrite=False)
-    claim_run_dir(run, resume=False, overwrite=True)  # ours: may be deleted
-    assert "--overwrite" in interrupted_message(run)
-    assert "--resume" in interrupted_message(run_dir)
+def test_overwrite_keeps_the_old_run_until_the_new_one_is_set_up(
+    stores, run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setting that fails in the setup (a LoRA target the model lacks), or Ctrl-C there, leaves the
+    old run whole and no staging directory behind."""
+    run = copy_run(run_dir, tmp_path / "run")
+    before = digest(run)
+    options = (*TINY_FIT, "--overwrite", "--lora-targets", "nosuch")
+    bad_target = invoke("fit", "--store", stores.small, "--out", run, *options)
+    assert bad_target.exit_code == 2 and "Traceback" not in bad_target.stderr
+    assert digest(run) == before
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.fit, "build_data", interrupt)
+    with pytest.raises(SetupInterrupted):
+        fit(tiny_lora_config(stores.small, max_steps=1), run, overwrite=True)
+    assert digest(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    said = interrupted_message(run, training_started=False)
+    assert said == f"interrupted before training started; {run} is as it was"
+    assert "--resume" in interrupted_message(run_dir, training_started=True)
 
 
 def test_run_json_records_absolute_paths(stores, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,3 +258,47 @@ def test_a_store_with_nothing_to_score_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainerError, match="nothing can be scored"):
         check_scorable(tmp_path / "eval.zarr", [normalize("?! ..."), normalize("¿?")])
     check_scorable(tmp_path / "eval.zarr", [normalize("?!"), normalize("a b")])
+
+
+def test_leftovers_and_odd_files_do_not_pass_for_ours(stores, run_dir: Path, tmp_path: Path) -> None:
+    """Only NAME.<8 hex>.partial of a name a run writes is an atomic write's leftover; pipes and links are not ours."""
+    cases = {
+        "photos.0123abcd.partial/holiday.jpg": "photos.0123abcd.partial",
+        "checkpoints/step-000001.deadbeef.partial/thesis.docx": "thesis.docx",
+    }
+    for number, (user_file, named) in enumerate(cases.items()):
+        run = copy_run(run_dir, tmp_path / f"run{number}")
+        (run / user_file).parent.mkdir(parents=True, exist_ok=True)
+        (run / user_file).write_text("mine")
+        assert_user_error(invoke("fit", "--store", stores.small, "--out", run, *TINY_FIT, "--overwrite"), named)
+        assert (run / user_file).read_text() == "mine"
+    run = copy_run(run_dir, tmp_path / "fifo")
+    os.mkfifo(run / "processor" / "pipe")
+    assert_user_error(invoke("fit", "--store", stores.small, "--out", run, *TINY_FIT, "--overwrite"), "pipe")
+    link = tmp_path / "link"
+    link.symlink_to(copy_run(run_dir, tmp_path / "target"))
+    assert_user_error(invoke("fit", "--store", stores.small, "--out", link, *TINY_FIT, "--overwrite"), "symbolic link")
+
+
+def test_damaged_runs_and_impossible_settings_are_one_line(stores, run_dir: Path, tmp_path: Path) -> None:
+    damaged = copy_run(run_dir, tmp_path / "damaged")
+    (damaged / "run.json").write_bytes(b"\xff\xfe{}")
+    assert_user_error(invoke("fit", "--out", damaged, "--resume"), "not valid JSON")
+    odd = copy_run(run_dir, tmp_path / "odd")
+    (odd / "checkpoints" / "step-abc").mkdir()
+    (odd / "checkpoints" / "step-abc" / "state.pt").write_bytes(b"")
+    assert RunDir(odd).checkpoint_steps() == RunDir(run_dir).checkpoint_steps()
+    huge = ("--grad-accum", str(10**21))
+    assert_user_error(invoke("fit", "--store", stores.small, "--out", tmp_path / "r", *TINY_FIT, *huge), "--grad-accum")
+    if not torch.cuda.is_available():
+        result = invoke("fit", "--store", stores.small, "--out", tmp_path / "r", *TINY_FIT, "--device", "cuda")
+        assert_user_error(result, "no CUDA GPU")
+        assert not (tmp_path / "r").exists()
+
+
+def test_export_into_the_current_directory(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert invoke("export", "--run", run_dir, "--out", ".").exit_code == 0
+    assert (here / "trainer-export.json").is_file() and (here / "config.json").is_file()

@@ -24,7 +24,7 @@ RUN_ENTRIES = frozenset(
 # tokenizer files, checkpoints, metrics; peft adds a README.md); anything else is the user's.
 OWN_SUFFIXES = frozenset({".json", ".jsonl", ".safetensors", ".pt", ".png"})
 OWN_NAMES = frozenset({"README.md"})
-PARTIAL = re.compile(r".+\.[0-9a-f]{8}\.partial")  # what an atomic write leaves when it is cut short
+PARTIAL = re.compile(r"(.+)\.[0-9a-f]{8}\.partial")  # NAME.<8 hex>.partial: an atomic write of NAME cut short
 EXPORT_MARKER = "trainer-export.json"  # written into every export: proof that --overwrite may replace it
 HEADER_BYTES = 1 << 16  # a table's header row is far shorter
 
@@ -47,12 +47,18 @@ def check_apart(out: Path, inputs: Iterable[str | Path | None]) -> None:
 
 def check_run_deletable(path: Path) -> None:
     """Refuse to delete a run directory that holds anything a run does not write."""
-    strangers = sorted(p.name for p in path.iterdir() if p.name not in RUN_ENTRIES and not PARTIAL.fullmatch(p.name))
+    strangers = sorted(p.name for p in path.iterdir() if not is_run_entry(p.name))
     if strangers:
         raise TrainerError(
             f"{path} holds {strangers[0]!r}, which no trainer run writes; refusing to delete it with --overwrite"
         )
     check_files_are_ours(path)
+
+
+def is_run_entry(name: str) -> bool:
+    """A name at the top of a run directory: one the run writes, or one's atomic write cut short."""
+    partial = PARTIAL.fullmatch(name)
+    return name in RUN_ENTRIES or (partial is not None and partial.group(1) in RUN_ENTRIES)
 
 
 def check_export_deletable(path: Path) -> None:
@@ -66,12 +72,16 @@ def check_export_deletable(path: Path) -> None:
 
 
 def check_files_are_ours(path: Path) -> None:
-    """Refuse when any file below `path` is of a kind the trainer never writes, or is a link."""
+    """Refuse when anything below `path` is not a directory or a file of a kind the trainer writes
+    (a link, a pipe, a socket, a user's document), an atomic write's leftover included."""
     for entry in sorted(path.rglob("*")):
-        within = entry.relative_to(path)
-        if any(PARTIAL.fullmatch(part) for part in within.parts):
-            continue  # an atomic write cut short: ours
-        if entry.is_symlink() or (entry.is_file() and entry.suffix not in OWN_SUFFIXES and entry.name not in OWN_NAMES):
+        if entry.is_dir() and not entry.is_symlink():
+            continue
+        partial = PARTIAL.fullmatch(entry.name)
+        name = partial.group(1) if partial else entry.name
+        ours = Path(name).suffix in OWN_SUFFIXES or name in OWN_NAMES
+        if entry.is_symlink() or not entry.is_file() or not ours:
+            within = entry.relative_to(path)
             raise TrainerError(f"{path} holds {str(within)!r}, which the trainer never writes; refusing to delete it")
 
 

@@ -65,6 +65,7 @@ PROBABILITY = Finite(0, 1)
 # Gain beyond +-40 dB (100x the amplitude either way) is no augmentation, and 10**(dB/20) overflows.
 GAIN_DB = Finite(-40, 40)
 SEED = click.IntRange(0, 2**32 - 1)  # what numpy's and torch's generators take
+COUNT = click.IntRange(1, 2**31 - 1)  # steps, batches, sizes: larger ones overflow torch's integers
 
 
 def batch_options(max_batch_seconds: float | None, batch_size: int) -> BatchOptions:
@@ -78,7 +79,7 @@ def batch_size_options(command: F) -> F:
     """--max-batch-seconds and --batch-size, shared by fit and plan so they size batches alike."""
     command = click.option(
         "--batch-size",
-        type=click.IntRange(min=1),
+        type=COUNT,
         default=DEFAULTS.batch.batch_size,
         help="Utterances per batch per process (without --max-batch-seconds).",
     )(command)
@@ -198,8 +199,8 @@ def main() -> None:
 @click.option(
     "--finetune", type=click.Choice(get_args(Method)), default="lora", help="Train a LoRA adapter or every weight."
 )
-@click.option("--lora-r", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_r)
-@click.option("--lora-alpha", type=click.IntRange(min=1), default=DEFAULTS.finetune.lora_alpha)
+@click.option("--lora-r", type=click.IntRange(1, 4096), default=DEFAULTS.finetune.lora_r, help="LoRA rank.")
+@click.option("--lora-alpha", type=COUNT, default=DEFAULTS.finetune.lora_alpha)
 @click.option("--lora-dropout", type=PROBABILITY, default=DEFAULTS.finetune.lora_dropout)
 @click.option(
     "--lora-targets",
@@ -217,9 +218,7 @@ def main() -> None:
     help="Drop punctuation from the text before building labels.",
 )
 @batch_size_options
-@click.option(
-    "--grad-accum", type=click.IntRange(min=1), default=DEFAULTS.grad_accum, help="Batches per optimizer step."
-)
+@click.option("--grad-accum", type=COUNT, default=DEFAULTS.grad_accum, help="Batches per optimizer step.")
 @click.option(
     "--lr",
     "learning_rate",
@@ -243,18 +242,18 @@ def main() -> None:
 @click.option(
     "--max-grad-norm", type=Finite(min=0, min_open=True), default=DEFAULTS.max_grad_norm, help="Gradient clipping norm."
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=DEFAULTS.epochs)
-@click.option("--max-steps", type=click.IntRange(min=1), help="Optimizer steps to train (replaces --epochs).")
+@click.option("--epochs", type=COUNT, default=DEFAULTS.epochs)
+@click.option("--max-steps", type=COUNT, help="Optimizer steps to train (replaces --epochs).")
 @click.option(
     "--eval-steps",
-    type=click.IntRange(min=1),
+    type=COUNT,
     default=DEFAULTS.eval_steps,
     help="Evaluate and checkpoint every N steps.",
 )
-@click.option("--logging-steps", type=click.IntRange(min=1), default=DEFAULTS.logging_steps)
+@click.option("--logging-steps", type=COUNT, default=DEFAULTS.logging_steps)
 @click.option(
     "--keep-best",
-    type=click.IntRange(min=1),
+    type=COUNT,
     default=DEFAULTS.keep_best,
     help="Checkpoints kept (best by eval WER), plus the latest.",
 )
@@ -301,7 +300,7 @@ def fit_command(
     **training: Any,
 ) -> None:
     """Train a run directory: processor, adapter (or model), checkpoints, metrics."""
-    from trainer.fit import fit  # torch and transformers load only for commands that need them
+    from trainer.fit import SetupInterrupted, fit  # torch and transformers load only for commands that need them
     from trainer.run import interrupted_message
 
     if resume:
@@ -339,8 +338,8 @@ def fit_command(
     overrides = {name: training[name] for name in RESUME_OVERRIDES if given(click.get_current_context(), name)}
     try:
         result = fit(config, out, resume=resume, overwrite=overwrite, inputs=inputs, overrides=overrides)
-    except KeyboardInterrupt:
-        click.echo(interrupted_message(out), err=True)
+    except KeyboardInterrupt as interrupt:
+        click.echo(interrupted_message(out, training_started=not isinstance(interrupt, SetupInterrupted)), err=True)
         sys.exit(130)
     if not result.main_process:
         return
@@ -432,7 +431,7 @@ def export_command(run_dir: Path, out: Path, overwrite: bool) -> None:
 @main.command("plan")
 @click.option("--store", required=True, type=PATH)
 @batch_size_options
-@click.option("--world-size", type=click.IntRange(min=1), default=1, help="Processes the epoch is split across.")
+@click.option("--world-size", type=COUNT, default=1, help="Processes the epoch is split across.")
 @click.option("--seed", type=SEED, default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors

@@ -7,6 +7,7 @@ The result loads with `AutoModelForCTC.from_pretrained(DIR)` and with
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -25,6 +26,7 @@ def export_run(run_path: Path, out: Path, overwrite: bool = False) -> Path:
     `out` may not be, hold or lie in the run or its inputs; an existing one is replaced only
     with `overwrite` and only when it is an export (`trainer.claims`).
     """
+    out = Path(os.path.abspath(out))  # "." names the directory it is
     _, meta = read_run(run_path)
     check_apart(out, [run_path, *run_config(meta).input_paths()])
     if out.is_symlink():

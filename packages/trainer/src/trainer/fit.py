@@ -15,6 +15,7 @@ so a resumed run continues exactly where the last completed optimiser step left 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -40,6 +41,7 @@ from transformers import PreTrainedModel, Wav2Vec2Processor, get_scheduler
 from featstore import FeatStore
 from featstore.sampler import DurationBucketSampler
 from trainer.augment import Augmenter, masking_config
+from trainer.claims import check_run_deletable
 from trainer.config import TINY_RANDOM, RunConfig
 from trainer.data import Batch, Item, StoreDataset, make_loader, model_inputs, training_sampler
 from trainer.errors import TrainerError
@@ -47,12 +49,10 @@ from trainer.inference import pick_device, score, transcribe_batches
 from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate_metrics
 from trainer.model import build_tiny_random, count_parameters, load_base, prepare, trainable_state
 from trainer.run import (
-    STARTING,
     RunDir,
     claim_run_dir,
     load_base_for_run,
     read_run,
-    reset_run_dir,
     run_config,
     write_run_file,
 )
@@ -170,25 +170,37 @@ def fit(
     """
     started = time.monotonic()
     d = init_distributed()
+    out = Path(os.path.abspath(out))  # "." names the directory it is
     if not resume:
         config = config.with_absolute_paths()
     claim_run_dir(out, resume, overwrite, [*config.input_paths(), *inputs])
     run = RunDir(out)
     if resume:
         config = replace(run_config(read_run(out)[1]), **(overrides or {}))
-    seed_everything(config.seed)
-    train_store = open_checked(config.store, need_text=True)
-    eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
-    check_data_options(config, train_store, eval_store, d.world_size)
-    processor, base = build_processor_and_base(config, run, d, train_store, eval_store, resume)
-    model, device = build_model(base, config, d)
-    trainable, total = count_parameters(model)
-    if d.is_main:
-        echo(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) on {device}")
-    data = build_data(config, processor, d, train_store, eval_store)
-    total_steps = planned_steps(data.sampler, config)
-    optimisation = build_optimisation(model, config, total_steps, device)
-    progress = resume_from_checkpoint(run, model, optimisation, data.sampler, d, echo) if resume else Progress()
+    pick_device(config.device, d.local_rank)  # a device this machine lacks fails before any work
+    setup = run if resume else RunDir(staging_path(out))
+    try:
+        seed_everything(config.seed)
+        train_store = open_checked(config.store, need_text=True)
+        eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
+        check_data_options(config, train_store, eval_store, d.world_size)
+        processor, base = build_processor_and_base(config, setup, d, train_store, eval_store, resume)
+        model, device = build_model(base, config, d)
+        trainable, total = count_parameters(model)
+        if d.is_main:
+            echo(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%) on {device}")
+        data = build_data(config, processor, d, train_store, eval_store)
+        total_steps = planned_steps(data.sampler, config)
+        optimisation = build_optimisation(model, config, total_steps, device)
+        progress = resume_from_checkpoint(run, model, optimisation, data.sampler, d, echo) if resume else Progress()
+        if not resume:
+            move_into_place(setup.path, out, d)
+    except KeyboardInterrupt:
+        discard_setup(setup, run, d)
+        raise SetupInterrupted from None
+    except BaseException:
+        discard_setup(setup, run, d)
+        raise
     trained = wrap_distributed(model, config, device, d)
     training = Training(
         config,
@@ -223,6 +235,36 @@ def fit(
     )
 
 
+class SetupInterrupted(KeyboardInterrupt):
+    """Ctrl-C before training started: the run directory is as it was."""
+
+
+def staging_path(out: Path) -> Path:
+    """Where a new run is set up before it replaces `out`: beside it, the same name on every rank."""
+    return out.with_name(f"{out.name}.{hashlib.sha1(str(out).encode()).hexdigest()[:8]}.partial")
+
+
+def move_into_place(staging: Path, out: Path, d: Distributed) -> None:
+    """The set-up run becomes `out`, replacing what was there only once everything was built.
+
+    The old run is checked again first: files may have been added since `claim_run_dir`.
+    """
+    d.barrier()  # every rank has read the setup
+    if d.is_main:
+        if out.is_dir() and any(out.iterdir()):
+            check_run_deletable(out)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    d.barrier()
+
+
+def discard_setup(setup: RunDir, run: RunDir, d: Distributed) -> None:
+    """A new run's setup that failed or was interrupted is removed; `out` was never touched."""
+    if setup is not run and d.is_main and setup.path.exists():
+        shutil.rmtree(setup.path)
+
+
 def build_processor_and_base(
     config: RunConfig,
     run: RunDir,
@@ -231,10 +273,10 @@ def build_processor_and_base(
     eval_store: FeatStore | None,
     resume: bool,
 ) -> tuple[Wav2Vec2Processor, PreTrainedModel]:
-    """A new run: vocabulary from the text, processor and (tiny-random) base written to the run.
+    """A new run: vocabulary from the text, processor and (tiny-random) base written to `run` (the
+    staging directory, so nothing replaces an old run before the whole setup has succeeded).
 
-    A resumed run reads back what it wrote. A named base is loaded before anything is written,
-    so a base that does not load leaves the run directory as it was.
+    A resumed run reads back what it wrote.
     """
     base = None
     if not resume:
@@ -243,8 +285,10 @@ def build_processor_and_base(
         if config.base_model != TINY_RANDOM:
             base = load_base(config.base_model, vocab, **masking_config(config.augment))
         if d.is_main:
-            reset_run_dir(run.path)
-            write_run_file(run, config, status=STARTING)  # from here on, --overwrite knows the directory is ours
+            if run.path.exists():  # a setup killed before it could clean up
+                check_run_deletable(run.path)
+                shutil.rmtree(run.path)
+            run.path.mkdir(parents=True)
             build_processor(vocab, run.processor).save_pretrained(str(run.processor))
             if config.base_model == TINY_RANDOM:
                 tiny = build_tiny_random(len(vocab), vocab[PAD], config.seed, **masking_config(config.augment))

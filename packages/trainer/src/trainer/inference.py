@@ -10,11 +10,16 @@ import torch
 from transformers import Wav2Vec2Processor
 
 from trainer.data import Batch, model_inputs
+from trainer.errors import TrainerError
 from trainer.vocab import decode_labels, decode_predictions
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """cuda (this process's GPU under torchrun), then mps, then cpu; or what `name` says."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("--device cuda: this machine's torch sees no CUDA GPU (a CPU build, or no driver)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise TrainerError("--device mps: this machine's torch has no Apple GPU (MPS) backend")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

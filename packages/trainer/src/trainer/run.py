@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +35,7 @@ from trainer.vocab import load_processor
 FORMAT_NAME = "trainer-run"
 FORMAT_VERSION = 1
 RUN_FILE = "run.json"
-STARTING = "starting"  # run.json's status until the processor and base are written, then "training"
+CHECKPOINT_NAME = re.compile(r"step-(\d{6,})")  # what RunDir.checkpoint names; anything else is not one
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ class RunDir:
     def checkpoint_steps(self) -> list[int]:
         if not self.checkpoints.is_dir():
             return []
-        return sorted(int(p.name.split("-")[1]) for p in self.checkpoints.glob("step-*") if (p / "state.pt").is_file())
+        steps = (CHECKPOINT_NAME.fullmatch(p.name) for p in self.checkpoints.iterdir() if (p / "state.pt").is_file())
+        return sorted(int(match.group(1)) for match in steps if match is not None)
 
 
 def read_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
@@ -92,7 +93,7 @@ def read_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
         raise TrainerError(f"{path}: not a trainer run directory (no {RUN_FILE}); train one with trainer fit")
     try:
         meta = json.loads(run.run_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise TrainerError(f"{run.run_file}: not valid JSON; the run directory is damaged") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise TrainerError(f"{path}: {RUN_FILE} is not a trainer run description")
@@ -131,47 +132,38 @@ def claim_run_dir(path: Path, resume: bool, overwrite: bool, inputs: Iterable[st
     be, hold or lie inside one of the run's `inputs`.
     """
     if resume:
-        _, meta = read_run(path)
-        if meta.get("status") == STARTING:
-            raise TrainerError(f"{path}: the run stopped before its setup was written; start it again with --overwrite")
+        read_run(path)
         return
     check_apart(path, inputs)
+    if path.is_symlink():
+        raise TrainerError(f"{path} is a symbolic link; give --out the directory itself")
     if path.exists() and not path.is_dir():
         raise TrainerError(f"{path} exists and is not a directory; choose another --out")
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             raise TrainerError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
-        if run_status(RunDir(path).run_file) is None:
+        if not is_run_description(RunDir(path).run_file):
             raise TrainerError(f"{path} is not a trainer run directory; refusing to delete it with --overwrite")
         check_run_deletable(path)
 
 
-def run_status(run_file: Path) -> str | None:
-    """The status in `run_file` if it is a run.json a trainer wrote (any format version), else None."""
+def is_run_description(run_file: Path) -> bool:
+    """Whether `run_file` is a run.json that a trainer wrote (any format version)."""
     try:
         meta = json.loads(run_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        return None
-    return str(meta.get("status", ""))
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
 
 
-def interrupted_message(path: Path) -> str:
+def interrupted_message(path: Path, training_started: bool) -> str:
     """What to do after Ctrl-C stopped `trainer fit` on the run in `path`."""
-    run = RunDir(path)
-    steps = run.checkpoint_steps()
+    if not training_started:
+        return f"interrupted before training started; {path} is as it was"
+    steps = RunDir(path).checkpoint_steps()
     if steps:
         return f"interrupted: step {steps[-1]} is checkpointed; continue with trainer fit --out {path} --resume"
-    if run_status(run.run_file) not in (None, STARTING):
-        return f"interrupted before the first step; trainer fit --out {path} --resume starts it from step 0"
-    return f"interrupted before the run was set up; start it again with trainer fit --out {path} --overwrite"
-
-
-def reset_run_dir(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+    return f"interrupted before the first step; trainer fit --out {path} --resume starts it from step 0"
 
 
 def load_base_for_run(run: RunDir, config: RunConfig, processor: Wav2Vec2Processor) -> PreTrainedModel:
