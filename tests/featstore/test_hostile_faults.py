@@ -366,7 +366,15 @@ def test_every_json_the_store_holds_is_strict_json(store_copy: Path) -> None:
 def _interrupt(command: list[str], when: Callable[[psutil.Process, str], bool]) -> subprocess.CompletedProcess[str]:
     """Start `command` in its own process group and send SIGINT to the whole group once `when` holds."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+            # As from a terminal: a test run started in the background inherits SIGINT ignored.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         watched, deadline = psutil.Process(process.pid), time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             out.seek(0)
