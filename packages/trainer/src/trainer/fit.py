@@ -185,6 +185,8 @@ def fit(
         eval_store = open_checked(config.eval_store, need_text=True) if config.eval_store else None
         check_data_options(config, train_store, eval_store, d.world_size)
         processor, base = build_processor_and_base(config, setup, d, train_store, eval_store, resume)
+        if config.base_model == TINY_RANDOM:  # the adapter names its base by path: the one it will have
+            base.name_or_path = base.config.name_or_path = str(run.base)
         model, device = build_model(base, config, d)
         trainable, total = count_parameters(model)
         if d.is_main:
