@@ -284,6 +284,10 @@ def test_damaged_runs_and_impossible_settings_are_one_line(stores, run_dir: Path
     damaged = copy_run(run_dir, tmp_path / "damaged")
     (damaged / "run.json").write_bytes(b"\xff\xfe{}")
     assert_user_error(invoke("fit", "--out", damaged, "--resume"), "not valid JSON")
+    meta = json.loads(RunDir(run_dir).run_file.read_text())
+    for field, value in (("seed", "x"), ("device", "tpu"), ("max_steps", "9")):
+        (damaged / "run.json").write_text(json.dumps({**meta, "config": {**meta["config"], field: value}}))
+        assert_user_error(invoke("fit", "--out", damaged, "--resume"), f"wrong type in config.{field}")
     odd = copy_run(run_dir, tmp_path / "odd")
     (odd / "checkpoints" / "step-abc").mkdir()
     (odd / "checkpoints" / "step-abc" / "state.pt").write_bytes(b"")

@@ -5,11 +5,13 @@ Nothing here imports torch or transformers, so `trainer --help` and `trainer pla
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
 import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from featstore.sampler import DurationBucketSampler, for_store
 from trainer.augment import AugmentOptions
@@ -150,3 +152,38 @@ def is_local(base_model: str) -> bool:
 def absolute(path: str) -> str:
     """A local path made absolute; an fsspec URL (or an empty string) as it is."""
     return path if not path or "://" in path else str(Path(path).absolute())
+
+
+def mistyped(value: Any, hint: Any, where: str) -> str | None:
+    """The first field of `value` (a settings dataclass, as read back from run.json) whose value is
+    not of its declared type, named like `config.batch.batch_size`; None when all are."""
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if not isinstance(value, hint):
+            return where
+        hints = get_type_hints(hint)
+        for item in dataclasses.fields(hint):
+            found = mistyped(getattr(value, item.name), hints[item.name], f"{where}.{item.name}")
+            if found:
+                return found
+        return None
+    return None if of_type(value, hint) else where
+
+
+def of_type(value: Any, hint: Any) -> bool:
+    """`isinstance` for the annotations settings use: X | None, Literal, tuple[X, ...], tuple[X, Y]."""
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(of_type(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(of_type(item, args[0]) for item in value)
+        return len(value) == len(args) and all(of_type(item, arg) for item, arg in zip(value, args, strict=True))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):  # JSON has one kind of number: an int is a float here, a bool is neither
+        return isinstance(value, (int, float) if hint is float else int) and not isinstance(value, bool)
+    return isinstance(value, hint)

@@ -27,7 +27,7 @@ from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2V
 from featstore.storage import finite
 from trainer.augment import masking_config
 from trainer.claims import check_apart, check_run_deletable
-from trainer.config import TINY_RANDOM, RunConfig
+from trainer.config import TINY_RANDOM, RunConfig, mistyped
 from trainer.errors import TrainerError
 from trainer.model import load_adapter, load_base
 from trainer.vocab import load_processor
@@ -103,9 +103,12 @@ def read_run(path: Path) -> tuple[RunDir, dict[str, Any]]:
             f"(format {FORMAT_VERSION}); use the trainer version that wrote it or train again"
         )
     try:
-        RunConfig.from_json(meta["config"])
-    except (KeyError, TypeError) as error:
+        config = RunConfig.from_json(meta["config"])
+    except (KeyError, TypeError, AttributeError) as error:
         raise TrainerError(f"{path}: {RUN_FILE} does not match this trainer's settings ({error})") from None
+    wrong = mistyped(config, RunConfig, "config")
+    if wrong:
+        raise TrainerError(f"{path}: {RUN_FILE} has a value of the wrong type in {wrong}; the run directory is damaged")
     return run, meta
 
 
