@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import trainer.fit
-from trainer.cli import main
 from trainer.config import RunConfig, TextOptions
 from trainer.errors import TrainerError
 from trainer.exclude import Exclusion
@@ -25,7 +23,7 @@ from trainer.fit import SetupInterrupted, fit
 from trainer.run import RunDir, interrupted_message
 from trainer.stores import check_scorable
 
-from helpers import tiny_lora_config
+from helpers import assert_user_error, invoke, tiny_lora_config
 
 TINY = ("--base-model", "tiny-random", "--batch-size", "3", "--grad-accum", "1", "--device", "cpu")
 TINY_FIT = (*TINY, "--max-steps", "1", "--no-gradient-checkpointing", "--logging-steps", "1")
@@ -36,18 +34,6 @@ def run_dir(stores, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("claims") / "run"
     fit(tiny_lora_config(stores.small, max_steps=1), out)
     return out
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def digest(path: Path) -> dict[str, str]:

@@ -10,14 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from featstore import open_store
-from trainer.cli import main
 from trainer.fit import fit
 from trainer.run import RunDir
 
-from helpers import tiny_lora_config
+from helpers import assert_user_error, invoke, tiny_lora_config
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +23,6 @@ def lora_run(stores, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
     fit(tiny_lora_config(stores.small, max_steps=3), out)
     return out
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_user_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
 
 
 def test_plan_json_has_padding_fraction(stores) -> None:

@@ -45,6 +45,26 @@ def check_apart(out: Path, inputs: Iterable[str | Path | None]) -> None:
             raise TrainerError(f"{out} holds the input {source_path}; choose an --out elsewhere")
 
 
+def claim_output_dir(
+    out: Path,
+    inputs: Iterable[str | Path | None],
+    overwrite: bool,
+    deletable: Callable[[Path], None],
+    alternative: str = "",
+) -> None:
+    """An output directory: apart from the inputs, not a link or a file, and an existing non-empty
+    one only with `overwrite` and once `deletable(out)` has proven it ours (it raises otherwise)."""
+    check_apart(out, inputs)
+    if out.is_symlink():
+        raise TrainerError(f"{out} is a symbolic link; give --out the directory itself")
+    if out.exists() and not out.is_dir():
+        raise TrainerError(f"{out} exists and is not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise TrainerError(f"{out} already exists; pass --overwrite to replace it{alternative}")
+        deletable(out)
+
+
 def check_run_deletable(path: Path) -> None:
     """Refuse to delete a run directory that holds anything a run does not write."""
     strangers = sorted(p.name for p in path.iterdir() if not is_run_entry(p.name))

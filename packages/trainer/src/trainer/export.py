@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from trainer.claims import EXPORT_MARKER, check_apart, check_export_deletable
-from trainer.errors import TrainerError
+from trainer.claims import EXPORT_MARKER, check_export_deletable, claim_output_dir
 from trainer.run import load_trained, read_run, run_config
 
 
@@ -28,15 +27,7 @@ def export_run(run_path: Path, out: Path, overwrite: bool = False) -> Path:
     """
     out = Path(os.path.abspath(out))  # "." names the directory it is
     _, meta = read_run(run_path)
-    check_apart(out, [run_path, *run_config(meta).input_paths()])
-    if out.is_symlink():
-        raise TrainerError(f"{out} is a symbolic link; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise TrainerError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise TrainerError(f"{out} already exists; pass --overwrite to replace it")
-        check_export_deletable(out)
+    claim_output_dir(out, [run_path, *run_config(meta).input_paths()], overwrite, check_export_deletable)
     model, processor, _ = load_trained(run_path, torch.device("cpu"))
     merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
     partial = out.with_name(f"{out.name}.{uuid.uuid4().hex[:8]}.partial")

@@ -50,6 +50,7 @@ from trainer.metrics import append_metrics, plot_metrics, read_metrics, truncate
 from trainer.model import build_tiny_random, count_parameters, load_base, prepare, trainable_state
 from trainer.run import (
     RunDir,
+    check_run_ours,
     claim_run_dir,
     load_base_for_run,
     read_run,
@@ -254,7 +255,7 @@ def move_into_place(staging: Path, out: Path, d: Distributed) -> None:
     d.barrier()  # every rank has read the setup
     if d.is_main:
         if out.is_dir() and any(out.iterdir()):
-            check_run_deletable(out)
+            check_run_ours(out)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)

@@ -26,7 +26,7 @@ from transformers import AutoModelForCTC, PreTrainedModel, Wav2Vec2ForCTC, Wav2V
 
 from featstore.storage import finite
 from trainer.augment import masking_config
-from trainer.claims import check_apart, check_run_deletable
+from trainer.claims import check_run_deletable, claim_output_dir
 from trainer.config import TINY_RANDOM, RunConfig, mistyped
 from trainer.errors import TrainerError
 from trainer.model import load_adapter, load_base
@@ -137,17 +137,14 @@ def claim_run_dir(path: Path, resume: bool, overwrite: bool, inputs: Iterable[st
     if resume:
         read_run(path)
         return
-    check_apart(path, inputs)
-    if path.is_symlink():
-        raise TrainerError(f"{path} is a symbolic link; give --out the directory itself")
-    if path.exists() and not path.is_dir():
-        raise TrainerError(f"{path} exists and is not a directory; choose another --out")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise TrainerError(f"{path} already exists; pass --overwrite to replace it or --resume to continue it")
-        if not is_run_description(RunDir(path).run_file):
-            raise TrainerError(f"{path} is not a trainer run directory; refusing to delete it with --overwrite")
-        check_run_deletable(path)
+    claim_output_dir(path, inputs, overwrite, check_run_ours, " or --resume to continue it")
+
+
+def check_run_ours(path: Path) -> None:
+    """Refuse to delete `path` unless a trainer wrote its run.json and everything in it."""
+    if not is_run_description(RunDir(path).run_file):
+        raise TrainerError(f"{path} is not a trainer run directory; refusing to delete it with --overwrite")
+    check_run_deletable(path)
 
 
 def is_run_description(run_file: Path) -> bool:
