@@ -9,12 +9,10 @@ from pathlib import Path
 import jiwer
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from featstore import open_store
 from featstore.ingest import ingest
 from featstore.sample import write_sample_corpus
-from trainer.cli import main
 from trainer.config import BatchOptions, TextOptions
 from trainer.data import StoreDataset, make_loader, training_sampler
 from trainer.exclude import resolve_exclusion
@@ -23,14 +21,10 @@ from trainer.run import read_run
 from trainer.score import score_store
 from trainer.vocab import build_processor, build_vocab
 
-from helpers import tiny_lora_config
+from helpers import assert_user_error, invoke, tiny_lora_config
 
 ALPHABET = "abcdefghij"  # the letters of the session's stores (conftest.py)
 BASE = Path(__file__).parents[2] / "models" / "tone-a"  # tiny-random trained on this language (scripts/make_base)
-
-
-def invoke(*args: str | Path):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def read_scores(path: Path) -> list[dict[str, str]]:
@@ -114,20 +108,22 @@ def test_fit_records_exclusion_and_augmentation_in_run_json(stores, tmp_path: Pa
     assert evaluate.exit_code == 0, evaluate.output
 
 
-def assert_user_error(result, *words: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
-    for word in words:
-        assert word in lines[0]
-
-
 def test_bad_exclusions_and_augmentations_are_one_line_errors(stores, scored: Path, tmp_path: Path) -> None:
     fit_args = ["fit", "--store", stores.train, "--out", tmp_path / "run", "--base-model", "tiny-random"]
     (tmp_path / "bad.txt").write_text("no_such_clip.webm\n", encoding="utf-8")
     assert_user_error(invoke(*fit_args, "--exclude", tmp_path / "bad.txt"), "no_such_clip.webm")
     assert_user_error(invoke(*fit_args, "--exclude-cer-above", 0.5, "--scores", scored), "another store")
     assert_user_error(invoke(*fit_args, "--exclude-cer-above", 0.5), "--scores")
+    for cer in ("nan", "-1"):  # a hand-edited table: such a row would never be above any threshold
+        rows = read_scores(scored)
+        rows[0]["cer"] = cer
+        edited = tmp_path / f"edited-{cer}.csv"
+        with edited.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        small_fit = ["fit", "--store", stores.small, "--out", tmp_path / "run", "--base-model", "tiny-random"]
+        assert_user_error(invoke(*small_fit, "--exclude-cer-above", 0.5, "--scores", edited), "not a number >= 0")
     assert_user_error(invoke(*fit_args, "--augment-speeds", "0.9,fast"), "--augment-speeds")
     assert_user_error(invoke(*fit_args, "--augment-noise-store", tmp_path / "nothing"), "nothing")
     everything = tmp_path / "all.txt"

@@ -8,6 +8,7 @@ even if the list or scores file has changed since. The sampler then only sees th
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,8 @@ def exclusion_from_scores(scores: Path, cer_above: float, store: FeatStore) -> E
         scored = [(int(row["index"]), row["audio_filepath"], float(row["cer"])) for row in rows]
     except (TypeError, ValueError):
         raise TrainerError(f"{scores}: a row has no number in index or cer; write the table again") from None
+    if not all(math.isfinite(cer) and cer >= 0 for _, _, cer in scored):
+        raise TrainerError(f"{scores}: a row's cer is not a number >= 0; write the table again with trainer score")
     if len(scored) != len(store) or any(by_path.get(path) != index for index, path, _ in scored):
         raise TrainerError(f"{scores}: these scores are of another store; run trainer score on this one")
     indices = sorted(index for index, _, cer in scored if cer > cer_above)
