@@ -316,10 +316,12 @@ def fit_command(
         mask_time_prob,
         mask_feature_prob,
     )
-    if store is not None and augment_noise_store is not None and store.resolve() == augment_noise_store.resolve():
-        click.echo("warning: --augment-noise-store is the training store: its speech becomes the noise", err=True)
-    if store is not None and eval_store is not None and store.resolve() == eval_store.resolve():
-        click.echo("warning: --eval-store is the training store: its scores say nothing of unseen speech", err=True)
+    for option, other, consequence in (
+        ("--augment-noise-store", augment_noise_store, "its speech becomes the noise"),
+        ("--eval-store", eval_store, "its scores say nothing of unseen speech"),
+    ):
+        if store is not None and other is not None and store.resolve() == other.resolve():
+            click.echo(f"warning: {option} is the training store: {consequence}", err=True)
     inputs = [path for path in (exclude_list, scores) if path is not None]  # beside the config's stores
     # A resumed run keeps the exclusion its run.json recorded.
     exclusion = Exclusion() if resume else resolve_exclusion(store, exclude_list, exclude_cer_above, scores)
@@ -348,8 +350,8 @@ def fit_command(
             f"best eval at step {int(result.best['step'])}: WER {result.best['wer']:.4f}  CER {result.best['cer']:.4f}"
         )
     trained = f"trained {result.steps - result.first_step} steps"
-    if result.first_step:
-        trained += f" (steps {result.first_step + 1}-{result.steps})" if result.steps > result.first_step else ""
+    if 0 < result.first_step < result.steps:  # a resumed run: which steps this call trained
+        trained += f" (steps {result.first_step + 1}-{result.steps})"
     click.echo(f"{trained} in {result.seconds:.0f} s; final weights from step {result.final_step} in {out}")
 
 
